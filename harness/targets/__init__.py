@@ -1,0 +1,1 @@
+"""Targets: the one thing tests talk to (QEMU guest, SSH host, the local machine, the reference model)."""
