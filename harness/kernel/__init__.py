@@ -1,0 +1,1 @@
+"""Kernel trees: the default source, headers, patch series, configuration and builds."""

@@ -1,0 +1,96 @@
+"""Parse target spec strings (``qemu:s390x``, ``qemu:x86_64``, ``local``, ``model``, ``ssh://user@host[:port]``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit
+
+from ..errors import UsageError
+from .base import Target
+
+DEFAULT_TARGET = "qemu:s390x"
+QEMU_ARCHES = ("s390x", "x86_64")
+
+
+@dataclass
+class TargetOptions:
+    """Everything a user can say about how to bring a target up."""
+
+    kernel: Optional[Path] = None
+    modules_dir: Optional[Path] = None
+    artifacts_dir: Optional[Path] = None
+    accel: str = "auto"
+    memory_mb: Optional[int] = None
+    smp: Optional[int] = None
+    boot_timeout: float = 300.0
+    extra_cmdline: str = ""
+    ssh_key: Optional[Path] = None
+    known_hosts: Optional[Path] = None
+    accept_new_host_key: bool = False
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A parsed target spec."""
+
+    kind: str  # qemu | local | model | ssh
+    arch: str = ""
+    user: str = "root"
+    host: str = ""
+    port: int = 22
+
+    @property
+    def text(self) -> str:
+        if self.kind == "qemu":
+            return f"qemu:{self.arch}"
+        if self.kind == "ssh":
+            return f"ssh://{self.user}@{self.host}:{self.port}"
+        return self.kind
+
+
+def parse_target_spec(spec: str) -> TargetSpec:
+    """Parse a spec string, raising a UsageError that lists the accepted forms."""
+    spec = (spec or DEFAULT_TARGET).strip()
+    accepted = "use qemu:s390x, qemu:x86_64, local, model or ssh://user@host[:port]"
+    if spec in ("local", "model"):
+        return TargetSpec(kind=spec)
+    if spec.startswith("qemu"):
+        arch = spec.partition(":")[2] or "s390x"
+        if arch == "amd64":
+            arch = "x86_64"
+        if arch not in QEMU_ARCHES:
+            raise UsageError(f"unknown QEMU architecture {arch!r} in target {spec!r}: {accepted}")
+        return TargetSpec(kind="qemu", arch=arch)
+    if spec.startswith("ssh://"):
+        url = urlsplit(spec)
+        if not url.hostname:
+            raise UsageError(f"target {spec!r} names no host: {accepted}")
+        try:
+            port = url.port or 22
+        except ValueError:
+            raise UsageError(f"target {spec!r} has a bad port: {accepted}") from None
+        return TargetSpec(kind="ssh", user=url.username or "root", host=url.hostname, port=port)
+    raise UsageError(f"unknown target {spec!r}: {accepted}")
+
+
+def make_target(spec: str, options: Optional[TargetOptions] = None) -> Target:
+    """Create (but do not start) the target a spec names."""
+    parsed = parse_target_spec(spec)
+    options = options or TargetOptions()
+    if parsed.kind == "local":
+        from .local import LocalTarget
+
+        return LocalTarget()
+    if parsed.kind == "model":
+        from .model import ModelTarget
+
+        return ModelTarget()
+    if parsed.kind == "qemu":
+        from .qemu import QemuTarget
+
+        return QemuTarget(parsed.arch, options)
+    from .ssh_host import SshHostTarget
+
+    return SshHostTarget(parsed, options)
