@@ -1,0 +1,276 @@
+"""``kvmh``: the command line of the harness.
+
+Exit status: 0 all passed, 1 a test failed or regressed, 2 the infrastructure failed, 3 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from . import __version__
+from .errors import EXIT_INFRA, EXIT_USAGE, HarnessError
+
+log = logging.getLogger("kvmh")
+
+DESCRIPTION = "kvmh: boot a kernel on a target, run the KVM selftests and async-teardown scenarios, report."
+TARGET_HELP = "qemu:s390x (default), qemu:x86_64, local, model or ssh://user@host[:port]"
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="qemu:s390x", help=TARGET_HELP)
+    p.add_argument("--kernel", type=Path, help="boot this kernel image instead of the guest image's")
+    p.add_argument("--modules", type=Path, help="modules staging dir (INSTALL_MOD_PATH) matching --kernel")
+    p.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"), help="QEMU accelerator")
+    p.add_argument("--boot-timeout", type=float, default=300.0, help="seconds until the target must be up")
+    p.add_argument("--ssh-key", type=Path, help="private key for ssh:// targets")
+    p.add_argument("--known-hosts", type=Path, help="known_hosts file for ssh:// targets")
+    p.add_argument("--accept-new-host-key", action="store_true", help="trust an ssh:// host key on first contact")
+
+
+def _target_options(args: argparse.Namespace, artifacts: Optional[Path] = None):
+    from .targets.spec import TargetOptions
+
+    return TargetOptions(
+        kernel=args.kernel,
+        modules_dir=args.modules,
+        artifacts_dir=artifacts,
+        accel=args.accel,
+        boot_timeout=args.boot_timeout,
+        ssh_key=args.ssh_key,
+        known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key,
+    )
+
+
+def _target_pytest_args(args: argparse.Namespace) -> list[str]:
+    out = ["--kvm-target", args.target, "--kvm-accel", args.accel, "--kvm-boot-timeout", str(args.boot_timeout)]
+    for flag, value in (("--kvm-kernel", args.kernel), ("--kvm-modules", args.modules),
+                        ("--kvm-ssh-key", args.ssh_key), ("--kvm-known-hosts", args.known_hosts)):
+        if value is not None:
+            out += [flag, str(value)]
+    if args.accept_new_host_key:
+        out.append("--kvm-accept-new-host-key")
+    return out
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor()
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from guest_images import build_image
+
+    image = build_image(args.arch, force=args.force)
+    print(f"arch:           {image.arch}")
+    print(f"kernel:         {image.kernel}")
+    print(f"initrd:         {image.initrd}")
+    print(f"kernel release: {image.kernel_release}")
+    print(f"image hash:     {image.image_hash}")
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from .run import boot_and_run
+
+    return boot_and_run(args.target, _target_options(args, args.artifacts), args.run, args.timeout)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from .run import run_pytest
+
+    extra = list(args.pytest_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return run_pytest(["--pyargs", "harness.suites", *_target_pytest_args(args), *extra],
+                      artifacts_root=args.artifacts, target=args.target)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import main_job
+
+    return main_job(args, _target_pytest_args)
+
+
+def cmd_selftests(args: argparse.Namespace) -> int:
+    from .run import run_pytest
+    from .selftests.cli import selftests_pytest_args
+
+    extra = list(args.pytest_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return run_pytest([*selftests_pytest_args(args), *_target_pytest_args(args), *extra],
+                      artifacts_root=args.artifacts, target=args.target)
+
+
+def cmd_source_get(args: argparse.Namespace) -> int:
+    from .kernel.source import linux_source
+
+    print(linux_source(args.package))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .kernel.cli import build_main
+
+    return build_main(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .results.compare import main
+
+    return main([str(args.base), str(args.new)])
+
+
+def cmd_splats(args: argparse.Namespace) -> int:
+    from .results.compare import splats_main
+
+    return splats_main([str(args.file)])
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from .host_cli import host_main
+
+    return host_main(args)
+
+
+# ---------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with status 3, like every other usage error of kvmh."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kvmh", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"kvmh {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("doctor", help="check this machine and name the package for each gap")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("image", help="guest images")
+    isub = p.add_subparsers(dest="image_command", metavar="ACTION")
+    pb = isub.add_parser("build", help="assemble (or reuse) the guest image for an architecture")
+    pb.add_argument("--arch", default="s390x", choices=("s390x", "x86_64"))
+    pb.add_argument("--force", action="store_true", help="rebuild even when cached")
+    pb.set_defaults(func=cmd_image_build)
+
+    p = sub.add_parser("boot", help="boot a target; with --run, run one command over SSH and exit with its status")
+    _add_target_args(p)
+    p.add_argument("--run", metavar="CMD", help="command to run once the target is up")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds --run may take")
+    p.add_argument("--artifacts", type=Path, help="directory for the console log and QEMU command")
+    p.set_defaults(func=cmd_boot)
+
+    p = sub.add_parser("test", help="run the shipped suites against a target (extra args go to pytest)")
+    _add_target_args(p)
+    p.add_argument("--artifacts", type=Path, help="artifacts root (default ./kvmh-artifacts)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("run", help="the main job: [build a series,] boot, run every suite, report")
+    _add_target_args(p)
+    p.add_argument("--tree", type=Path, help="kernel tree (default: Debian's linux-source-6.12)")
+    p.add_argument("--series", help="mbox, directory of .patch files, git range or message-id to apply")
+    p.add_argument("--config-fragment", type=Path, action="append", default=[], help="extra kernel config")
+    p.add_argument("--artifacts", type=Path, help="artifacts root (default ./kvmh-artifacts)")
+    p.add_argument("--junitxml", type=Path, help="also write the JUnit file here")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("selftests", help="build (or reuse) and run the C KVM selftests on a target")
+    _add_target_args(p)
+    p.add_argument("--tree", type=Path, help="kernel tree (default: Debian's linux-source-6.12)")
+    p.add_argument("--expectations", type=Path, help="per-host expectations file")
+    p.add_argument("--write-expectations", type=Path, help="write an expectations file from this run")
+    p.add_argument("--timeout-factor", type=float, help="scale each program's settings timeout")
+    p.add_argument("--budget", type=float, help="time budget in seconds for the whole run")
+    p.add_argument("--include", action="append", default=[], help="glob of programs to run")
+    p.add_argument("--exclude", action="append", default=[], help="glob of programs to leave out")
+    p.add_argument("--artifacts", type=Path, help="artifacts root (default ./kvmh-artifacts)")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_selftests)
+
+    p = sub.add_parser("source", help="kernel sources")
+    ssub = p.add_subparsers(dest="source_command", metavar="ACTION")
+    pg = ssub.add_parser("get", help="download Debian's linux-source (once) and print the tree's path")
+    pg.add_argument("--package", default="linux-source-6.12")
+    pg.set_defaults(func=cmd_source_get)
+
+    p = sub.add_parser("build", help="apply a series to a tree in a worktree and build the kernel")
+    p.add_argument("--tree", type=Path, help="kernel tree (default: Debian's linux-source-6.12)")
+    p.add_argument("--series", help="mbox, directory of .patch files, git range or message-id")
+    p.add_argument("--base", help="base commit (default HEAD)")
+    p.add_argument("--arch", default="s390x", choices=("s390x", "x86_64"))
+    p.add_argument("--config", type=Path, help="start from this .config instead of the small default")
+    p.add_argument("--config-fragment", type=Path, action="append", default=[], help="extra config fragment")
+    p.add_argument("--debug", action="store_true", help="add the debug fragment (lockdep, kmemleak, LKDTM)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("compare", help="compare two JUnit files: regressions, fixes, new, vanished, new splats")
+    p.add_argument("base", type=Path)
+    p.add_argument("new", type=Path)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("splats", help="list the kernel splats in a log file")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=cmd_splats)
+
+    p = sub.add_parser("host", help="install a kernel on an ssh:// host, or undo it")
+    hsub = p.add_subparsers(dest="host_command", metavar="ACTION")
+    for name, helptext in (("install", "install and boot a kernel, then verify it"),
+                           ("restore", "remove what install left and return to the default kernel")):
+        ph = hsub.add_parser(name, help=helptext)
+        _add_target_args(ph)
+        if name == "install":
+            ph.add_argument("--kexec", dest="method", action="store_const", const="kexec", default="kexec")
+            ph.add_argument("--zipl", dest="method", action="store_const", const="zipl")
+        ph.set_defaults(func=cmd_host)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    func: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "func", None)
+    if func is None:
+        if args.command is None:
+            args = parser.parse_args(["run"])
+            func = args.func
+        else:
+            parser.parse_args([args.command, "--help"])
+            return EXIT_USAGE
+    try:
+        return func(args)
+    except HarnessError as err:
+        print(f"kvmh: error: {err}", file=sys.stderr)
+        if err.details and args.verbose:
+            print(err.details, file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        print("kvmh: interrupted", file=sys.stderr)
+        return EXIT_INFRA
+
+
+if __name__ == "__main__":
+    sys.exit(main())

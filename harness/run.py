@@ -1,0 +1,149 @@
+"""Workflows behind the CLI: boot-and-run, pytest runs with an artifacts directory, and the main job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import pytest
+
+from .errors import EXIT_INFRA, EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE, HarnessError
+from .signals import install_sigterm_handler
+from .targets.spec import TargetOptions, make_target
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARTIFACTS_ROOT = Path("kvmh-artifacts")
+
+
+def new_artifacts_dir(root: Optional[Path], label: str) -> Path:
+    """Create and return a fresh per-run artifacts directory under ``root``."""
+    root = Path(root) if root is not None else DEFAULT_ARTIFACTS_ROOT
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "run"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"{stamp}-{slug}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{stamp}-{slug}-{n}"
+    path.mkdir(parents=True)
+    return path.resolve()
+
+
+def boot_and_run(spec: str, options: TargetOptions, command: Optional[str], timeout: float) -> int:
+    """Boot a target; run one command (streaming its output) and return its status, or attach the console."""
+    install_sigterm_handler()
+    if options.artifacts_dir is None:
+        options.artifacts_dir = new_artifacts_dir(None, f"boot-{spec}")
+    target = make_target(spec, options)
+    try:
+        target.start()
+        facts = target.facts()
+        log.info("target %s up: kernel %s, accelerator %s", spec, facts.kernel_release, facts.accelerator)
+        if command is None:
+            interact = getattr(target, "interact", None)
+            if interact is None:
+                print(f"kvmh: {spec} is up (kernel {facts.kernel_release}); pass --run CMD to run a command",
+                      file=sys.stderr)
+                return EXIT_OK
+            print(f"kvmh: console of {spec} (kernel {facts.kernel_release}, {facts.accelerator}); "
+                  "Ctrl-] leaves", file=sys.stderr)
+            interact()
+            return EXIT_OK
+
+        def stream(name: str, text: str) -> None:
+            out = sys.stdout if name == "stdout" else sys.stderr
+            out.write(text)
+            out.flush()
+
+        result = target.run(command, timeout=timeout, on_output=stream)
+        if result.timed_out:
+            print(f"kvmh: error: command {command!r} outlived its {timeout:g} s timeout and was killed",
+                  file=sys.stderr)
+            return EXIT_INFRA
+        return result.exit_status
+    finally:
+        target.close()
+
+
+class _RunObserver:
+    """A pytest plugin object that keeps the config so the CLI can read the run's infrastructure errors."""
+
+    def __init__(self) -> None:
+        self.config: Optional[pytest.Config] = None
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self.config = config
+
+
+def _has_option(args: Sequence[str], name: str) -> bool:
+    return any(a == name or a.startswith(name + "=") for a in args)
+
+
+def run_pytest(args: list[str], *, artifacts_root: Optional[Path], target: str) -> int:
+    """Run pytest in-process with an artifacts dir and JUnit file; map its result to kvmh's exit codes."""
+    install_sigterm_handler()
+    artifacts = new_artifacts_dir(artifacts_root, target)
+    args = list(args)
+    if not _has_option(args, "--kvm-artifacts"):
+        args += ["--kvm-artifacts", str(artifacts)]
+    if not _has_option(args, "--junitxml") and not _has_option(args, "--junit-xml"):
+        args.append(f"--junitxml={artifacts / 'junit.xml'}")
+    if not _has_option(args, "-p no:cacheprovider"):
+        args += ["-o", f"cache_dir={artifacts / '.pytest_cache'}"]
+    log.info("pytest %s", " ".join(args))
+    observer = _RunObserver()
+    status = pytest.main(args, plugins=[observer])
+    print(f"kvmh: artifacts in {artifacts}")
+    return exit_status_for(int(status), observer.config)
+
+
+def exit_status_for(pytest_status: int, config: Optional[pytest.Config]) -> int:
+    """Map a pytest exit status (and any infrastructure error the plugin saw) to kvmh's exit status."""
+    infra = getattr(config, "_kvm_infra_error", None) if config is not None else None
+    holder = getattr(config, "_kvm_holder", None) if config is not None else None
+    if infra is None and holder is not None:
+        infra = holder.error
+    if infra is not None:
+        print(f"kvmh: infrastructure failure: {infra}", file=sys.stderr)
+        return EXIT_INFRA
+    if pytest_status == pytest.ExitCode.OK:
+        return EXIT_OK
+    if pytest_status == pytest.ExitCode.TESTS_FAILED:
+        return EXIT_TEST_FAILED
+    if pytest_status == pytest.ExitCode.USAGE_ERROR:
+        return EXIT_USAGE
+    if pytest_status == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print("kvmh: no test was collected (check -k / --include selections)", file=sys.stderr)
+        return EXIT_TEST_FAILED
+    return EXIT_INFRA
+
+
+def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace], list[str]]) -> int:
+    """``kvmh run``: build the series if one is given, boot the target, run every suite, report."""
+    install_sigterm_handler()
+    extra = list(args.pytest_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    artifacts_root = args.artifacts
+    if args.series:
+        if args.kernel is not None:
+            raise HarnessError("--series builds its own kernel: drop --kernel, or drop --series to boot --kernel")
+        from .kernel.cli import build_for_run
+
+        build = build_for_run(args)
+        args.kernel = build.image
+        args.modules = build.modules_dir
+        extra += build.pytest_properties_args() if hasattr(build, "pytest_properties_args") else []
+    pytest_args = ["--pyargs", "harness.suites", *target_args(args)]
+    if args.tree is not None:
+        pytest_args += ["--kvm-tree", str(args.tree)]
+    if args.junitxml is not None:
+        pytest_args.append(f"--junitxml={args.junitxml}")
+    pytest_args += ["-rs", *extra]
+    return run_pytest(pytest_args, artifacts_root=artifacts_root, target=args.target)
