@@ -1,18 +1,25 @@
-"""pytest plugin: target options, the session ``kvm_target`` fixture, and the target's facts as JUnit properties."""
+"""pytest plugin: target options, the session ``kvm_target`` fixture, the target's facts as JUnit properties,
+per-test kernel log windows (a splat fails the test that caused it), flaky-test retries and the run summary."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 
+from . import __version__
 from .errors import HarnessError
+from .results.window import KernelLogWindow, can_read_kernel_log, splat_failure_message
+from .signals import install_sigterm_handler
 from .targets.base import Target
 from .targets.spec import DEFAULT_TARGET, TargetOptions, make_target
 
 log = logging.getLogger(__name__)
+
+SESSION_KEY = "_kvm_holder"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,11 +31,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="modules staging dir (INSTALL_MOD_PATH) for --kvm-kernel")
     group.addoption("--kvm-accel", default="auto", choices=("auto", "kvm", "tcg"), help="QEMU accelerator")
     group.addoption("--kvm-boot-timeout", type=float, default=300.0, help="seconds until the target must be up")
-    group.addoption("--kvm-artifacts", type=Path, default=None, help="directory for console logs and other evidence")
+    group.addoption("--kvm-artifacts", type=Path, default=None,
+                    help="directory for console logs, dmesg and other evidence")
     group.addoption("--kvm-ssh-key", type=Path, default=None, help="private key for ssh:// targets")
     group.addoption("--kvm-known-hosts", type=Path, default=None, help="known_hosts file for ssh:// targets")
     group.addoption("--kvm-accept-new-host-key", action="store_true",
                     help="trust an ssh:// target's host key on first contact")
+    group.addoption("--kvm-retry-failed", action="store_true",
+                    help="retry a failed test once; a pass on retry is reported as flaky")
+    group.addoption("--kvm-property", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra JUnit testsuite property (series, base commit, ...)")
+    try:
+        from .selftests.pytest_items import add_options as add_selftest_options
+    except ImportError:
+        pass
+    else:
+        add_selftest_options(group)
 
 
 def target_options(config: pytest.Config) -> TargetOptions:
@@ -52,6 +70,8 @@ class _TargetHolder:
         self.config = config
         self.target: Optional[Target] = None
         self.error: Optional[HarnessError] = None
+        self.session_cursor: Optional[KernelLogWindow] = None
+        self.attributed: set[str] = set()
 
     def get(self) -> Target:
         if self.error is not None:
@@ -69,6 +89,8 @@ class _TargetHolder:
                 target.close()
                 raise
             self.target = target
+            if can_read_kernel_log(target):
+                self.session_cursor = KernelLogWindow(target)
         return self.target
 
     def close(self) -> None:
@@ -77,26 +99,153 @@ class _TargetHolder:
             self.target = None
 
 
+def holder_of(config: pytest.Config) -> _TargetHolder:
+    return getattr(config, SESSION_KEY)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm_pv: needs protected virtualization on the target")
-    config._kvm_holder = _TargetHolder(config)  # type: ignore[attr-defined]
+    config.addinivalue_line(
+        "markers", "kvm_expected_splat(*kinds): the test provokes kernel splats of these kinds on purpose")
+    setattr(config, SESSION_KEY, _TargetHolder(config))
+    install_sigterm_handler()
+    try:
+        from .selftests import pytest_items
+    except ImportError:
+        pass
+    else:
+        config.pluginmanager.register(pytest_items, "kvm_harness_selftests")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    holder = getattr(config, "_kvm_holder", None)
+    holder = getattr(config, SESSION_KEY, None)
     if holder is not None:
         holder.close()
 
 
+def _artifacts(config: pytest.Config) -> Optional[Path]:
+    path = config.getoption("--kvm-artifacts")
+    if path is not None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
-def kvm_target(request: pytest.FixtureRequest, record_testsuite_property) -> Iterator[Target]:
+def kvm_target(request: pytest.FixtureRequest, record_testsuite_property: Any) -> Iterator[Target]:
     """The started target under test, shared by the whole session."""
-    holder: _TargetHolder = request.config._kvm_holder  # type: ignore[attr-defined]
+    holder = holder_of(request.config)
     target = holder.get()
+    record_testsuite_property("harness_version", __version__)
+    for item in request.config.getoption("--kvm-property"):
+        name, _, value = item.partition("=")
+        record_testsuite_property(name, value)
     try:
         facts = target.facts()
-        for name, value in facts.as_properties().items():
-            record_testsuite_property(name, value)
     except HarnessError as err:
         log.warning("could not read the target's facts: %s", err)
+    else:
+        for name, value in facts.as_properties().items():
+            record_testsuite_property(name, value)
+        artifacts = _artifacts(request.config)
+        if artifacts is not None:
+            (artifacts / "facts.json").write_text(json.dumps(facts.as_properties(), indent=2) + "\n")
     yield target
+
+
+def _uses_target(item: pytest.Item) -> bool:
+    return "kvm_target" in getattr(item, "fixturenames", ()) or getattr(item, "uses_kvm_target", False)
+
+
+def _expected_splat_kinds(item: pytest.Item) -> list[str]:
+    marker = item.get_closest_marker("kvm_expected_splat")
+    return list(marker.args) if marker else []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    holder = holder_of(item.config)
+    window = None
+    if _uses_target(item) and can_read_kernel_log(holder.target):
+        window = KernelLogWindow(holder.target)  # type: ignore[arg-type]
+    outcome = yield
+    if item.config.getoption("--kvm-retry-failed") and outcome.excinfo is not None:
+        exc = outcome.excinfo[1]
+        if not isinstance(exc, (pytest.skip.Exception, pytest.xfail.Exception, KeyboardInterrupt)):
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            try:
+                item.runtest()
+            except Exception:  # noqa: BLE001 - the retry failed too: keep the first failure
+                pass
+            else:
+                item._kvm_flaky = first  # type: ignore[attr-defined]
+                outcome.force_result(None)
+    if window is not None:
+        item._kvm_window = window.close(_expected_splat_kinds(item))  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "call":
+        return
+    flaky = getattr(item, "_kvm_flaky", None)
+    if flaky is not None:
+        report.user_properties.append(("flaky", f"passed on retry; first attempt: {flaky}"))
+        report.kvm_flaky = True
+    window = getattr(item, "_kvm_window", None)
+    if window is None:
+        return
+    holder = holder_of(item.config)
+    if window.text:
+        report.sections.append(("Captured stdout kernel log", window.text + "\n"))
+    for splat in window.expected:
+        holder.attributed.add(splat.text)
+        report.user_properties.append(("expected_splat", f"{splat.kind}: {splat.fingerprint}"))
+    if window.splats:
+        for splat in window.splats:
+            holder.attributed.add(splat.text)
+            report.user_properties.append(("splat", f"{splat.kind}: {splat.fingerprint}"))
+        if report.outcome != "failed":
+            report.outcome = "failed"
+            report.longrepr = splat_failure_message(window.splats)
+            if hasattr(report, "wasxfail"):
+                del report.wasxfail
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    if report.when == "call" and getattr(report, "kvm_flaky", False):
+        return "flaky", "R", ("FLAKY", {"yellow": True})
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Record splats printed outside any test's window, and the session's kernel log, before JUnit is written."""
+    holder = holder_of(session.config)
+    if holder.session_cursor is None or holder.target is None:
+        return
+    result = holder.session_cursor.close()
+    if result is None:
+        return
+    artifacts = _artifacts(session.config)
+    if artifacts is not None:
+        (artifacts / "dmesg.txt").write_text(result.text + "\n")
+    stray = [s for s in result.splats if s.text not in holder.attributed]
+    session.config._kvm_session_splats = stray  # type: ignore[attr-defined]
+    if not stray:
+        return
+    from _pytest.junitxml import xml_key
+
+    xml = session.config.stash.get(xml_key, None)
+    for splat in stray:
+        if xml is not None:
+            xml.add_global_property("session_splat", f"{splat.kind}: {splat.fingerprint}")
+    if exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    from .results.summary import write_summary
+
+    write_summary(terminalreporter, config)
