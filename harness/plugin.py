@@ -103,18 +103,29 @@ def holder_of(config: pytest.Config) -> _TargetHolder:
     return getattr(config, SESSION_KEY)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm_pv: needs protected virtualization on the target")
     config.addinivalue_line(
         "markers", "kvm_expected_splat(*kinds): the test provokes kernel splats of these kinds on purpose")
     setattr(config, SESSION_KEY, _TargetHolder(config))
     install_sigterm_handler()
+    _junit_keeps_kernel_log(config)
     try:
         from .selftests import pytest_items
     except ImportError:
         pass
     else:
         config.pluginmanager.register(pytest_items, "kvm_harness_selftests")
+
+
+def _junit_keeps_kernel_log(config: pytest.Config) -> None:
+    """Unless the user chose otherwise, put each test's kernel log excerpt into its JUnit system-out."""
+    from _pytest.junitxml import xml_key
+
+    xml = config.stash.get(xml_key, None)
+    if xml is not None and getattr(xml, "logging", None) == "no":
+        xml.logging = "system-out"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -152,8 +163,11 @@ def kvm_target(request: pytest.FixtureRequest, record_testsuite_property: Any) -
     yield target
 
 
-def _uses_target(item: pytest.Item) -> bool:
-    return "kvm_target" in getattr(item, "fixturenames", ()) or getattr(item, "uses_kvm_target", False)
+def _target_of(item: pytest.Item) -> Optional[Target]:
+    """The target a test item runs against: its ``kvm_target`` argument, or the one it says it uses."""
+    funcargs = getattr(item, "funcargs", None) or {}
+    target = funcargs.get("kvm_target") or getattr(item, "kvm_target", None)
+    return target if isinstance(target, Target) else None
 
 
 def _expected_splat_kinds(item: pytest.Item) -> list[str]:
@@ -163,10 +177,8 @@ def _expected_splat_kinds(item: pytest.Item) -> list[str]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    holder = holder_of(item.config)
-    window = None
-    if _uses_target(item) and can_read_kernel_log(holder.target):
-        window = KernelLogWindow(holder.target)  # type: ignore[arg-type]
+    target = _target_of(item)
+    window = KernelLogWindow(target) if target is not None and can_read_kernel_log(target) else None
     outcome = yield
     if item.config.getoption("--kvm-retry-failed") and outcome.excinfo is not None:
         exc = outcome.excinfo[1]

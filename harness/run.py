@@ -94,8 +94,7 @@ def run_pytest(args: list[str], *, artifacts_root: Optional[Path], target: str) 
         args += ["--kvm-artifacts", str(artifacts)]
     if not _has_option(args, "--junitxml") and not _has_option(args, "--junit-xml"):
         args.append(f"--junitxml={artifacts / 'junit.xml'}")
-    if not _has_option(args, "-p no:cacheprovider"):
-        args += ["-o", f"cache_dir={artifacts / '.pytest_cache'}"]
+    args += ["-o", "junit_family=xunit1"]
     log.info("pytest %s", " ".join(args))
     observer = _RunObserver()
     status = pytest.main(args, plugins=[observer])
