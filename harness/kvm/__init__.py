@@ -1,0 +1,1 @@
+"""KVM ioctl scenarios: ABI (``uapi``), target agent, capability probe, reference model, scenarios and runner."""

@@ -1,0 +1,711 @@
+"""KVM scenario agent: runs one scenario's steps on the target and prints one JSON record per step.
+
+Runs on the target with the standard library only (Python 3.9+), shipped with ``uapi.py`` as one zipapp
+(``harness.kvm.bundle``).  Input: a JSON scenario on stdin (or ``--scenario FILE``)::
+
+    {"default_timeout_s": 30, "total_timeout_s": 300, "steps": [{"op": "open_kvm"}, ...]}
+
+Output: JSON lines ``{"name", "op", "ret", "errno", "rc", "rrc", "duration_ns", "data", "thread"/"proc", "error"}``
+and a final ``{"op": "end", "ok": ..., "exit": ...}``.  Exit status: 0 all steps ran, 1 a step raised an
+unexpected error, 2 malformed input (nothing was run), 3 a step outlived its deadline.
+A failing ioctl is data (``errno``), not an agent error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import platform
+import select
+import signal
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+try:  # inside the harness package
+    from . import uapi
+except ImportError:  # shipped as a zipapp, or run as a script next to uapi.py
+    import uapi  # type: ignore[no-redef]
+
+EXIT_OK, EXIT_STEP_ERROR, EXIT_BAD_INPUT, EXIT_TIMEOUT = 0, 1, 2, 3
+DEFAULT_STEP_TIMEOUT_S = 60.0
+DEFAULT_TOTAL_TIMEOUT_S = 900.0
+SENTINEL_RC, SENTINEL_RRC = 0xDEAD, 0xBEEF
+MIB = 1 << 20
+SEGMENT = MIB  # s390 memslots must start and end on a 1 MiB boundary
+PGSTE_SYSCTL = "/proc/sys/vm/allocate_pgste"
+REEXEC_ENV = "KVMH_AGENT_SCENARIO"
+MAX_FILE_BYTES = 65536
+
+# op -> (required keys, optional keys with defaults)
+OPS: Dict[str, Tuple[Tuple[str, ...], Dict[str, Any]]] = {
+    "open_kvm": ((), {"as": "kvm", "path": "/dev/kvm"}),
+    "api_version": ((), {"kvm": "kvm"}),
+    "vcpu_mmap_size": ((), {"kvm": "kvm"}),
+    "check_extension": (("cap",), {"on": "kvm"}),
+    "create_vm": ((), {"kvm": "kvm", "as": "vm", "type": 0}),
+    "set_mem_limit": (("bytes",), {"vm": "vm"}),
+    "get_mem_limit": ((), {"vm": "vm"}),
+    "has_device_attr": (("group", "attr"), {"on": "vm"}),
+    "add_memslot": (("size_mb",), {"vm": "vm", "slot": 0, "gpa": 0, "touch_mb": 0, "flags": 0}),
+    "create_vcpu": ((), {"vm": "vm", "id": 0, "as": None}),
+    "run_vcpu": ((), {"vcpu": "vcpu0"}),
+    "pv": (("cmd",), {"vm": "vm", "flags": 0, "data": 0, "rc": SENTINEL_RC, "rrc": SENTINEL_RRC}),
+    "pv_cpu": (("cmd",), {"vcpu": "vcpu0", "flags": 0, "data": 0, "rc": SENTINEL_RC, "rrc": SENTINEL_RRC}),
+    "close": (("handle",), {}),
+    "read_file": (("path",), {}),
+    "meminfo": ((), {}),
+    "cgroup_memory": ((), {}),
+    "mem_settle": (("baseline",), {"tolerance_mb": 64, "settle_s": 10.0, "field": "MemAvailable"}),
+    "sleep": (("ms",), {}),
+    "set_event": (("event",), {}),
+    "wait_event": (("event",), {}),
+    "thread": (("steps",), {"as": None}),
+    "join": (("thread",), {}),
+    "wait_step": (("step",), {}),
+    "fork": (("steps",), {"as": None, "kill_at": None, "kill_after_ms": 0}),
+    "loop": (("steps",), {"count": 1}),
+}
+COMMON_KEYS = ("op", "name", "timeout_s")
+
+
+class InputError(Exception):
+    """The scenario is malformed: names the step and the problem."""
+
+    def __init__(self, step: str, op: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.op = op
+
+
+class StepError(Exception):
+    """A step could not be carried out (missing handle, bad value): reported in the record's ``error``."""
+
+
+# --- input ----------------------------------------------------------------------------------------------
+
+
+def parse_scenario(text: str) -> Dict[str, Any]:
+    """Parse and validate a scenario; raise InputError naming the offending step."""
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise InputError("<input>", "parse", f"malformed scenario JSON: {err}") from None
+    if isinstance(doc, list):
+        doc = {"steps": doc}
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
+        raise InputError("<input>", "parse", "scenario must be a list of steps or an object with a 'steps' list")
+    names: set = set()
+    normalise_steps(doc["steps"], names, "")
+    return doc
+
+
+def normalise_steps(steps: List[Any], names: set, prefix: str) -> None:
+    """Fill in defaults and names in place; check ops, keys and name uniqueness recursively."""
+    for index, step in enumerate(steps):
+        where = f"{prefix}step {index}"
+        if not isinstance(step, dict):
+            raise InputError(where, "?", f"{where} is not an object: {step!r}")
+        op = step.get("op")
+        name = step.get("name") or f"{prefix}{op}-{index}"
+        if op not in OPS:
+            known = ", ".join(sorted(OPS))
+            raise InputError(str(name), str(op), f"unknown step op {op!r} in step {name!r} (known: {known})")
+        required, optional = OPS[op]
+        missing = [k for k in required if k not in step]
+        if missing:
+            raise InputError(name, op, f"step {name!r} ({op}) lacks {', '.join(missing)}")
+        unknown = sorted(set(step) - set(required) - set(optional) - set(COMMON_KEYS))
+        if unknown:
+            raise InputError(name, op, f"step {name!r} ({op}) has unknown keys {', '.join(unknown)}")
+        if name in names:
+            raise InputError(name, op, f"step name {name!r} is used twice")
+        names.add(name)
+        step["name"] = name
+        for key, value in optional.items():
+            step.setdefault(key, value)
+        if op in ("thread", "fork", "loop"):
+            if not isinstance(step["steps"], list):
+                raise InputError(name, op, f"step {name!r} ({op}): 'steps' must be a list")
+            normalise_steps(step["steps"], names, f"{name}/")
+            if step.get("as") is None:
+                step["as"] = name
+        if op == "pv" or op == "pv_cpu":
+            try:
+                step["cmd"] = int(uapi.pv_cmd(step["cmd"])) if not isinstance(step["cmd"], int) else step["cmd"]
+            except ValueError as err:
+                raise InputError(name, op, f"step {name!r}: {err}") from None
+
+
+def scenario_needs_vm(steps: List[Dict[str, Any]]) -> bool:
+    return any(s["op"] == "create_vm" or scenario_needs_vm(s.get("steps") or []) for s in steps)
+
+
+# --- output ---------------------------------------------------------------------------------------------
+
+
+class Emitter:
+    """Writes one JSON record per line to a file descriptor, atomically per record."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def emit(self, record: Dict[str, Any]) -> None:
+        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        with self.lock:
+            while data:
+                written = os.write(self.fd, data)
+                data = data[written:]
+
+
+# --- deadlines ------------------------------------------------------------------------------------------
+
+
+class Watchdog:
+    """Ends the agent when a step outlives its deadline: reports the step as timed out, then exits 3."""
+
+    def __init__(self, emitter: Emitter, total_timeout_s: float) -> None:
+        self.emitter = emitter
+        self.lock = threading.Lock()
+        self.active: Dict[int, Tuple[str, str, float, Dict[str, Any]]] = {}
+        self.children: set = set()
+        self.total_deadline = time.monotonic() + total_timeout_s
+        self.next_token = 0
+        thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        thread.start()
+
+    def enter(self, name: str, op: str, timeout_s: float, labels: Dict[str, Any]) -> int:
+        with self.lock:
+            self.next_token += 1
+            self.active[self.next_token] = (name, op, time.monotonic() + timeout_s, labels)
+            return self.next_token
+
+    def leave(self, token: int) -> None:
+        with self.lock:
+            self.active.pop(token, None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            with self.lock:
+                late = [(n, o, d, lab) for n, o, d, lab in self.active.values() if now > d]
+                if not late and now > self.total_deadline:
+                    late = [("<scenario>", "scenario", self.total_deadline, {})]
+            if late:
+                self._expire(late[0])
+
+    def _expire(self, entry: Tuple[str, str, float, Dict[str, Any]]) -> None:
+        name, op, _, labels = entry
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        record = {"name": name, "op": op, "ret": None, "errno": None, "timed_out": True,
+                  "error": f"step {name!r} ({op}) timed out: deadline passed, agent exits"}
+        record.update(labels)
+        self.emitter.emit(record)
+        self.emitter.emit({"name": "end", "op": "end", "ok": False, "exit": EXIT_TIMEOUT,
+                           "error": f"step {name!r} timed out"})
+        os._exit(EXIT_TIMEOUT)
+
+
+# --- system calls ---------------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.ioctl.restype = ctypes.c_int
+
+
+def ioctl(fd: int, request: int, arg: int = 0) -> int:
+    """ioctl(2) with an integer or address argument; raises OSError with errno on failure (GIL released)."""
+    result = _libc.ioctl(fd, request, arg or None)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def read_meminfo() -> Dict[str, int]:
+    values = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "MemFree", "MemAvailable", "Cached", "AnonPages"):
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def cgroup_memory_current() -> Dict[str, Any]:
+    """This process's memory cgroup charge: cgroup v2 ``memory.current`` or v1 ``memory.usage_in_bytes``."""
+    with open("/proc/self/cgroup") as f:
+        entries = [ln.split(":", 2) for ln in f.read().splitlines() if ln.count(":") >= 2]
+    with open("/proc/self/mounts") as f:
+        mounts = [ln.split() for ln in f.read().splitlines()]
+    candidates = []
+    for _, controllers, path in entries:
+        if "memory" in controllers.split(","):
+            for m in mounts:
+                if m[2] == "cgroup" and "memory" in m[3].split(","):
+                    candidates.append((path, m[1] + path.rstrip("/") + "/memory.usage_in_bytes"))
+        elif controllers == "":
+            for m in mounts:
+                if m[2] == "cgroup2":
+                    candidates.append((path, m[1] + path.rstrip("/") + "/memory.current"))
+    for path, full in candidates:
+        if os.path.exists(full):
+            with open(full) as f:
+                return {"cgroup": path, "file": full, "current": int(f.read().strip())}
+    raise StepError("no memory cgroup file found (neither v2 memory.current nor v1 memory.usage_in_bytes)")
+
+
+# --- step execution -------------------------------------------------------------------------------------
+
+
+class Outcome:
+    """What one step produced."""
+
+    def __init__(self) -> None:
+        self.ret: Optional[int] = None
+        self.errno: Optional[str] = None
+        self.rc: Optional[int] = None
+        self.rrc: Optional[int] = None
+        self.data: Any = None
+        self.error: Optional[str] = None
+
+
+class State:
+    """Handles shared by every thread of one process: fds by name, memory kept alive, events, threads."""
+
+    def __init__(self) -> None:
+        self.fds: Dict[str, int] = {}
+        self.kinds: Dict[str, str] = {}
+        self.memory: List[Any] = []
+        self.run_maps: Dict[str, mmap.mmap] = {}
+        self.events: Dict[str, threading.Event] = {}
+        self.threads: Dict[str, threading.Thread] = {}
+        self.records: Dict[str, Dict[str, Any]] = {}
+        self.started: Dict[str, threading.Event] = {}
+        self.failed = False
+        self.lock = threading.Lock()
+
+    def fd(self, name: str, kind: Optional[str] = None) -> int:
+        if name not in self.fds:
+            raise StepError(f"no open handle {name!r} (an earlier step failed or closed it)")
+        if kind and self.kinds.get(name) != kind:
+            raise StepError(f"handle {name!r} is a {self.kinds.get(name)}, not a {kind}")
+        return self.fds[name]
+
+    def add(self, name: str, fd: int, kind: str) -> None:
+        old = self.fds.get(name)
+        if old is not None:
+            os.close(old)
+        self.fds[name] = fd
+        self.kinds[name] = kind
+
+    def event(self, name: str) -> threading.Event:
+        with self.lock:
+            return self.events.setdefault(name, threading.Event())
+
+    def started_event(self, step: str) -> threading.Event:
+        with self.lock:
+            return self.started.setdefault(step, threading.Event())
+
+
+class Executor:
+    """Runs steps in one thread of one process, emitting a record per step."""
+
+    def __init__(self, state: State, emitter: Emitter, watchdog: Optional[Watchdog],
+                 labels: Dict[str, Any], default_timeout_s: float) -> None:
+        self.state = state
+        self.emitter = emitter
+        self.watchdog = watchdog
+        self.labels = labels
+        self.default_timeout_s = default_timeout_s
+
+    @property
+    def failed(self) -> bool:
+        return self.state.failed
+
+    def run_steps(self, steps: List[Dict[str, Any]], notify: Optional[Callable[[str], None]] = None) -> None:
+        for step in steps:
+            if notify is not None:
+                notify(step["name"])
+            self.run_step(step)
+
+    def run_step(self, step: Dict[str, Any], emit: bool = True) -> Dict[str, Any]:
+        name, op = step["name"], step["op"]
+        timeout = float(step.get("timeout_s") or self.default_timeout_s)
+        token = self.watchdog.enter(name, op, timeout, self.labels) if self.watchdog else None
+        self.state.started_event(name).set()
+        out = Outcome()
+        start = time.monotonic_ns()
+        try:
+            getattr(self, "op_" + op)(step, out)
+        except OSError as err:
+            out.errno = uapi.errno_name(err.errno)
+            if out.errno is None:
+                out.error = f"{type(err).__name__}: {err}"
+        except StepError as err:
+            out.error = str(err)
+        except Exception as err:  # noqa: BLE001 - reported in the record, the agent goes on
+            out.error = f"unexpected {type(err).__name__}: {err}"
+            self.state.failed = True
+        duration = time.monotonic_ns() - start
+        if token is not None and self.watchdog is not None:
+            self.watchdog.leave(token)
+        record: Dict[str, Any] = {"name": name, "op": op, "ret": out.ret, "errno": out.errno,
+                                  "duration_ns": duration}
+        for key in ("rc", "rrc", "data", "error"):
+            value = getattr(out, key)
+            if value is not None:
+                record[key] = value
+        record.update(self.labels)
+        with self.state.lock:
+            self.state.records[name] = record
+        if emit:
+            self.emitter.emit(record)
+        return record
+
+    # --- KVM ---
+    def op_open_kvm(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.ret = os.open(step["path"], os.O_RDWR | os.O_CLOEXEC)
+        self.state.add(step["as"], out.ret, "kvm")
+
+    def op_api_version(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.ret = ioctl(self.state.fd(step["kvm"], "kvm"), uapi.KVM_GET_API_VERSION)
+
+    def op_vcpu_mmap_size(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.ret = ioctl(self.state.fd(step["kvm"], "kvm"), uapi.KVM_GET_VCPU_MMAP_SIZE)
+
+    def op_check_extension(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.ret = ioctl(self.state.fd(step["on"]), uapi.KVM_CHECK_EXTENSION, int(step["cap"]))
+
+    def op_create_vm(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.ret = ioctl(self.state.fd(step["kvm"], "kvm"), uapi.KVM_CREATE_VM, int(step["type"]))
+        self.state.add(step["as"], out.ret, "vm")
+
+    def _device_attr(self, fd: int, request: int, group: int, attr: int, value: Optional[ctypes.c_uint64]) -> int:
+        dattr = uapi.KvmDeviceAttr(flags=0, group=group, attr=attr,
+                                   addr=ctypes.addressof(value) if value is not None else 0)
+        return ioctl(fd, request, ctypes.addressof(dattr))
+
+    def op_set_mem_limit(self, step: Dict[str, Any], out: Outcome) -> None:
+        value = ctypes.c_uint64(int(step["bytes"]))
+        out.ret = self._device_attr(self.state.fd(step["vm"], "vm"), uapi.KVM_SET_DEVICE_ATTR,
+                                    uapi.KVM_S390_VM_MEM_CTRL, uapi.KVM_S390_VM_MEM_LIMIT_SIZE, value)
+
+    def op_get_mem_limit(self, step: Dict[str, Any], out: Outcome) -> None:
+        value = ctypes.c_uint64(0)
+        out.ret = self._device_attr(self.state.fd(step["vm"], "vm"), uapi.KVM_GET_DEVICE_ATTR,
+                                    uapi.KVM_S390_VM_MEM_CTRL, uapi.KVM_S390_VM_MEM_LIMIT_SIZE, value)
+        out.data = value.value
+
+    def op_has_device_attr(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.ret = self._device_attr(self.state.fd(step["on"]), uapi.KVM_HAS_DEVICE_ATTR,
+                                    int(step["group"]), int(step["attr"]), None)
+
+    def op_add_memslot(self, step: Dict[str, Any], out: Outcome) -> None:
+        size = int(step["size_mb"]) * MIB
+        if size <= 0:
+            raise StepError("size_mb must be positive")
+        area = mmap.mmap(-1, size + SEGMENT, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+        aligned = (base + SEGMENT - 1) & ~(SEGMENT - 1)
+        touch = min(int(step["touch_mb"]) * MIB, size)
+        if touch:
+            ctypes.memset(aligned, 0x5A, touch)
+        self.state.memory.append(area)
+        region = uapi.KvmUserspaceMemoryRegion(slot=int(step["slot"]), flags=int(step["flags"]),
+                                               guest_phys_addr=int(step["gpa"]), memory_size=size,
+                                               userspace_addr=aligned)
+        out.ret = ioctl(self.state.fd(step["vm"], "vm"), uapi.KVM_SET_USER_MEMORY_REGION,
+                        ctypes.addressof(region))
+        out.data = {"size": size, "touched": touch}
+
+    def op_create_vcpu(self, step: Dict[str, Any], out: Outcome) -> None:
+        vcpu_id = int(step["id"])
+        out.ret = ioctl(self.state.fd(step["vm"], "vm"), uapi.KVM_CREATE_VCPU, vcpu_id)
+        self.state.add(step["as"] or f"vcpu{vcpu_id}", out.ret, "vcpu")
+
+    def op_run_vcpu(self, step: Dict[str, Any], out: Outcome) -> None:
+        name = step["vcpu"]
+        fd = self.state.fd(name, "vcpu")
+        run = self.state.run_maps.get(name)
+        if run is None:
+            size = ioctl(self.state.fd("kvm", "kvm"), uapi.KVM_GET_VCPU_MMAP_SIZE)
+            run = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.state.run_maps[name] = run
+        out.ret = ioctl(fd, uapi.KVM_RUN)
+        offset = uapi.KVM_RUN_EXIT_REASON_OFFSET
+        out.data = {"exit_reason": int.from_bytes(run[offset:offset + 4], sys.byteorder)}
+
+    def _pv(self, fd: int, request: int, step: Dict[str, Any], out: Outcome) -> None:
+        cmd = uapi.KvmPvCmd(cmd=int(step["cmd"]), rc=int(step["rc"]), rrc=int(step["rrc"]),
+                            data=int(step["data"]), flags=int(step["flags"]))
+        try:
+            out.ret = ioctl(fd, request, ctypes.addressof(cmd))
+        finally:
+            out.rc, out.rrc = cmd.rc, cmd.rrc
+
+    def op_pv(self, step: Dict[str, Any], out: Outcome) -> None:
+        self._pv(self.state.fd(step["vm"], "vm"), uapi.KVM_S390_PV_COMMAND, step, out)
+
+    def op_pv_cpu(self, step: Dict[str, Any], out: Outcome) -> None:
+        self._pv(self.state.fd(step["vcpu"], "vcpu"), uapi.KVM_S390_PV_CPU_COMMAND, step, out)
+
+    def op_close(self, step: Dict[str, Any], out: Outcome) -> None:
+        name = step["handle"]
+        fd = self.state.fd(name)
+        run = self.state.run_maps.pop(name, None)
+        if run is not None:
+            run.close()
+        del self.state.fds[name]
+        os.close(fd)
+        out.ret = 0
+
+    # --- host observations ---
+    def op_read_file(self, step: Dict[str, Any], out: Outcome) -> None:
+        with open(step["path"], "rb") as f:
+            out.data = f.read(MAX_FILE_BYTES).decode("utf-8", "replace").strip()
+        out.ret = 0
+
+    def op_meminfo(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.data = read_meminfo()
+        out.ret = 0
+
+    def op_cgroup_memory(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.data = cgroup_memory_current()
+        out.ret = 0
+
+    def op_mem_settle(self, step: Dict[str, Any], out: Outcome) -> None:
+        base_record = self.state.records.get(step["baseline"])
+        if not base_record or not isinstance(base_record.get("data"), dict):
+            raise StepError(f"baseline {step['baseline']!r} is not an earlier meminfo step")
+        key = step["field"]
+        baseline = int(base_record["data"][key])
+        tolerance = int(step["tolerance_mb"]) * 1024
+        deadline = time.monotonic() + float(step["settle_s"])
+        start = time.monotonic()
+        while True:
+            current = read_meminfo()[key]
+            if current >= baseline - tolerance or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        out.data = {"field": key, "baseline_kb": baseline, "final_kb": current, "tolerance_kb": tolerance,
+                    "settled": current >= baseline - tolerance,
+                    "waited_ms": int((time.monotonic() - start) * 1000)}
+        out.ret = 0
+
+    def op_sleep(self, step: Dict[str, Any], out: Outcome) -> None:
+        time.sleep(float(step["ms"]) / 1000.0)
+        out.ret = 0
+
+    # --- concurrency ---
+    def op_set_event(self, step: Dict[str, Any], out: Outcome) -> None:
+        self.state.event(step["event"]).set()
+        out.ret = 0
+
+    def op_wait_event(self, step: Dict[str, Any], out: Outcome) -> None:
+        self.state.event(step["event"]).wait()
+        out.ret = 0
+
+    def op_wait_step(self, step: Dict[str, Any], out: Outcome) -> None:
+        self.state.started_event(step["step"]).wait()
+        out.ret = 0
+
+    def op_thread(self, step: Dict[str, Any], out: Outcome) -> None:
+        label = step["as"]
+        child = Executor(self.state, self.emitter, self.watchdog, dict(self.labels, thread=label),
+                         self.default_timeout_s)
+        thread = threading.Thread(target=child.run_steps, args=(step["steps"],), name=label, daemon=True)
+        self.state.threads[label] = thread
+        thread.start()
+        out.ret = 0
+
+    def op_join(self, step: Dict[str, Any], out: Outcome) -> None:
+        thread = self.state.threads.get(step["thread"])
+        if thread is None:
+            raise StepError(f"no thread {step['thread']!r} was started")
+        thread.join()
+        out.ret = 0
+
+    def op_loop(self, step: Dict[str, Any], out: Outcome) -> None:
+        count = step["count"]
+        iterations = 0
+        failures: List[Dict[str, Any]] = []
+        failed = 0
+        while count is None or iterations < int(count):
+            for inner in step["steps"]:
+                record = self.run_step(inner, emit=False)
+                if record.get("errno") or record.get("error"):
+                    failed += 1
+                    if len(failures) < 5:
+                        failures.append({"iteration": iterations, "step": inner["name"],
+                                         "errno": record.get("errno"), "error": record.get("error")})
+            iterations += 1
+        out.data = {"iterations": iterations, "failed": failed, "failures": failures}
+        out.ret = 0
+
+    def op_fork(self, step: Dict[str, Any], out: Outcome) -> None:
+        out.data = fork_steps(self, step)
+        out.ret = 0
+
+
+def fork_steps(parent: Executor, step: Dict[str, Any]) -> Dict[str, Any]:
+    """Run ``step["steps"]`` in a forked child; SIGKILL it ``kill_after_ms`` after it begins ``kill_at``."""
+    label = step["as"]
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child: no watchdog, no stdout; records and progress go through the pipe
+        code = 0
+        try:
+            os.close(read_fd)
+            for fd in list(parent.state.fds.values()):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            emitter = Emitter(write_fd)
+            child = Executor(State(), emitter, None, dict(parent.labels, proc=label), parent.default_timeout_s)
+            child.run_steps(step["steps"], notify=lambda name: emitter.emit({"op": "begin", "name": name}))
+            code = 1 if child.failed else 0
+        except BaseException:  # noqa: BLE001 - the child must never return into the parent's code
+            code = 70
+        os._exit(code)
+    os.close(write_fd)
+    if parent.watchdog is not None:
+        parent.watchdog.children.add(pid)
+    begun: List[str] = []
+    finished: List[str] = []
+    killed_in: Optional[str] = None
+    kill_time: Optional[float] = None
+    buffer = b""
+    eof = False
+    while not eof:
+        if kill_time is not None and killed_in is None and time.monotonic() >= kill_time:
+            killed_in = _unfinished(begun, finished) or "<between steps>"
+            os.kill(pid, signal.SIGKILL)
+        wait = 0.2 if kill_time is None or killed_in is not None else max(0.0, kill_time - time.monotonic())
+        ready, _, _ = select.select([read_fd], [], [], wait)
+        if not ready:
+            continue
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            eof = True
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            record = json.loads(line)
+            if record.get("op") == "begin":
+                begun.append(record["name"])
+                if record["name"] == step["kill_at"] and kill_time is None:
+                    kill_time = time.monotonic() + float(step["kill_after_ms"]) / 1000.0
+                continue
+            finished.append(record["name"])
+            parent.emitter.emit(record)
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    if parent.watchdog is not None:
+        parent.watchdog.children.discard(pid)
+    result: Dict[str, Any] = {"pid": pid, "killed": killed_in is not None, "killed_in": killed_in,
+                              "steps_done": len(finished)}
+    if os.WIFSIGNALED(status):
+        result["signal"] = os.WTERMSIG(status)
+    else:
+        result["exit_status"] = os.WEXITSTATUS(status)
+    if step["kill_at"] is not None and kill_time is None:
+        result["kill_missed"] = f"child never began step {step['kill_at']!r}"
+    return result
+
+
+def _unfinished(begun: List[str], finished: List[str]) -> Optional[str]:
+    pending = [name for name in begun if name not in finished]
+    return pending[-1] if pending else None
+
+
+# --- setup ----------------------------------------------------------------------------------------------
+
+
+def pgste_setup(needs_vm: bool, reexeced: bool) -> Dict[str, Any]:
+    """On s390x, make sure this process's mm has PGSTEs (needed by KVM_CREATE_VM before the gmap rewrite)."""
+    info: Dict[str, Any] = {"arch": platform.machine()}
+    if platform.machine() != "s390x" or not needs_vm or not os.path.exists(PGSTE_SYSCTL):
+        info["pgste"] = "not needed"
+        return info
+    with open(PGSTE_SYSCTL) as f:
+        value = f.read().strip()
+    if value == "1":
+        info["pgste"] = "vm.allocate_pgste=1" + (" (set by the agent)" if reexeced else "")
+        return info
+    try:
+        with open(PGSTE_SYSCTL, "w") as f:
+            f.write("1\n")
+    except OSError as err:
+        info["pgste"] = f"vm.allocate_pgste=0 and cannot set it: {err.strerror}"
+        return info
+    info["pgste"] = "reexec"
+    return info
+
+
+def agent_facts() -> Dict[str, Any]:
+    uname = os.uname()
+    return {"release": uname.release, "machine": uname.machine, "python": platform.python_version(),
+            "pid": os.getpid(), "kvm": os.path.exists("/dev/kvm")}
+
+
+def read_input(argv: List[str]) -> str:
+    pending = os.environ.pop(REEXEC_ENV, None)
+    if pending is not None:
+        return pending
+    if len(argv) >= 2 and argv[0] == "--scenario":
+        with open(argv[1]) as f:
+            return f.read()
+    return sys.stdin.read()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    emitter = Emitter(sys.stdout.fileno())
+    reexeced = REEXEC_ENV in os.environ
+    try:
+        text = read_input(argv)
+        doc = parse_scenario(text)
+        uapi.check_ioc_arch(platform.machine())
+    except InputError as err:
+        emitter.emit({"name": err.step, "op": err.op, "ret": None, "errno": None, "error": str(err)})
+        emitter.emit({"name": "end", "op": "end", "ok": False, "exit": EXIT_BAD_INPUT, "error": str(err)})
+        return EXIT_BAD_INPUT
+    except (OSError, ValueError) as err:
+        emitter.emit({"name": "end", "op": "end", "ok": False, "exit": EXIT_BAD_INPUT, "error": str(err)})
+        return EXIT_BAD_INPUT
+    setup = pgste_setup(scenario_needs_vm(doc["steps"]), reexeced)
+    if setup["pgste"] == "reexec" and not reexeced:
+        os.environ[REEXEC_ENV] = text
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+    facts = agent_facts()
+    facts.update(setup)
+    emitter.emit({"name": "agent", "op": "agent", "ret": 0, "errno": None, "data": facts})
+    watchdog = Watchdog(emitter, float(doc.get("total_timeout_s") or DEFAULT_TOTAL_TIMEOUT_S))
+    executor = Executor(State(), emitter, watchdog, {}, float(doc.get("default_timeout_s") or DEFAULT_STEP_TIMEOUT_S))
+    executor.run_steps(doc["steps"])
+    for thread in list(executor.state.threads.values()):
+        token = watchdog.enter(f"join {thread.name}", "join", executor.default_timeout_s, {})
+        thread.join()
+        watchdog.leave(token)
+    code = EXIT_STEP_ERROR if executor.failed else EXIT_OK
+    emitter.emit({"name": "end", "op": "end", "ok": code == EXIT_OK, "exit": code})
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
