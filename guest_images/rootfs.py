@@ -1,0 +1,191 @@
+"""Lay out the guest's root filesystem tree: unpacked packages, merged /usr, pruning, config files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+from harness.debian import unpack
+from harness.errors import InfrastructureError
+
+from .elf import ElfFile
+from .keys import ImageKeys
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+INIT_SCRIPT = HERE / "init"
+PROFILE = HERE / "profile.sh"
+
+INITTAB = """\
+# busybox init: a root shell on the console, respawned; clean shutdown on poweroff/reboot.
+::respawn:/usr/bin/cttyhack /bin/sh -l
+::ctrlaltdel:/sbin/reboot
+::shutdown:/bin/umount -a -r
+"""
+
+MERGED_DIRS = ("bin", "sbin", "lib", "lib64", "lib32")
+EMPTY_DIRS = ("proc", "sys", "dev", "tmp", "run", "var/log", "var/tmp", "mnt", "etc/kvmh")
+BINARY_DIRS = ("usr/bin", "usr/sbin", "usr/libexec", "usr/lib/openssh")
+
+
+def static_files(hostname: str) -> dict[str, str]:
+    """The fixed configuration files of every image (path -> content)."""
+    return {
+        "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        "etc/shadow": "root:*:20000:0:99999:7:::\nnobody:*:20000:0:99999:7:::\n",
+        "etc/group": "root:x:0:\ntty:x:5:\nkvm:x:104:\nnogroup:x:65534:\n",
+        "etc/shells": "/bin/sh\n",
+        "etc/hostname": hostname + "\n",
+        "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost ip6-localhost\n",
+        "etc/resolv.conf": "nameserver 10.0.2.3\n",
+        "etc/nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
+        "etc/inittab": INITTAB,
+        "etc/profile": PROFILE.read_text(),
+    }
+
+
+def unpack_all(debs: Iterable[Path], root: Path) -> None:
+    for deb in debs:
+        unpack(deb, root)
+
+
+def merge_usr(root: Path) -> None:
+    """Move /bin, /sbin, /lib* into /usr and leave symlinks, as Debian's merged-/usr layout does."""
+    for name in MERGED_DIRS:
+        top = root / name
+        usr = root / "usr" / name
+        if top.is_dir() and not top.is_symlink():
+            usr.mkdir(parents=True, exist_ok=True)
+            for child in top.iterdir():
+                target = usr / child.name
+                if target.exists() or target.is_symlink():
+                    log.debug("merge-usr: /%s/%s shadowed by /usr/%s/%s", name, child.name, name, child.name)
+                    _remove(child)
+                else:
+                    child.rename(target)
+            top.rmdir()
+        if usr.is_dir() and not top.exists():
+            top.symlink_to(f"usr/{name}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def prune(root: Path, patterns: Iterable[str]) -> int:
+    """Delete what matches the recipe's glob patterns; return the bytes freed."""
+    freed = 0
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern), key=lambda p: len(p.parts), reverse=True):
+            if not (path.exists() or path.is_symlink()):
+                continue
+            freed += tree_size(path)
+            _remove(path)
+    return freed
+
+
+def tree_size(path: Path) -> int:
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _library_dirs(root: Path) -> list[Path]:
+    usr_lib = root / "usr/lib"
+    dirs = [d for d in usr_lib.glob("*-linux-gnu") if d.is_dir()]
+    return [*dirs, usr_lib, root / "usr/lib64"]
+
+
+def _elf_objects(root: Path) -> Iterable[Path]:
+    for base in (root / "usr/bin", root / "usr/sbin", root / "usr/libexec", root / "usr/lib"):
+        if not base.is_dir():
+            continue
+        for path in base.rglob("*"):
+            if path.is_file() and not path.is_symlink() and "modules" not in path.parts:
+                with open(path, "rb") as handle:
+                    if handle.read(4) == b"\x7fELF":
+                        yield path
+
+
+def check_libraries(root: Path) -> list[str]:
+    """Verify every ELF object finds its DT_NEEDED libraries in the tree.
+
+    Python extension modules whose libraries were left out are removed (so ``import`` fails
+    cleanly); a program or library with a missing library is an error. Returns what was removed.
+    """
+    lib_dirs = _library_dirs(root)
+    available = {p.name for d in lib_dirs if d.is_dir() for p in d.iterdir()}
+    removed: list[str] = []
+    broken: list[str] = []
+    for path in sorted(_elf_objects(root)):
+        try:
+            needed = ElfFile(path.read_bytes()).needed()
+        except ValueError:
+            continue
+        missing = [lib for lib in needed if lib not in available]
+        if not missing:
+            continue
+        rel = str(path.relative_to(root))
+        if "lib-dynload" in path.parts:
+            path.unlink()
+            removed.append(f"{rel} (needs {', '.join(missing)})")
+        else:
+            broken.append(f"{rel} needs {', '.join(missing)}")
+    if broken:
+        raise InfrastructureError(
+            f"guest image misses shared libraries: {'; '.join(broken[:5])}; "
+            "remove the package from the recipe's exclude list",
+            details="\n".join(broken),
+        )
+    for entry in removed:
+        log.info("dropped Python extension %s", entry)
+    return removed
+
+
+def configure(root: Path, *, hostname: str, keys: ImageKeys, load_modules: Iterable[str],
+              manifest: dict[str, object]) -> None:
+    """Write /init, /etc, the SSH keys and the mount points into the tree."""
+    for name in EMPTY_DIRS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    for rel, text in static_files(hostname).items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o644)
+    (root / "etc/shadow").chmod(0o600)
+    _write(root / "init", INIT_SCRIPT.read_bytes(), 0o755)
+    _write(root / "etc/kvmh/modules", ("\n".join(load_modules) + "\n").encode(), 0o644)
+    _write(root / "etc/kvmh/image.json", json.dumps(manifest, indent=1, sort_keys=True).encode(), 0o644)
+    dropbear_dir = root / "etc/dropbear"
+    dropbear_dir.mkdir(parents=True, exist_ok=True)
+    _write(dropbear_dir / "dropbear_ed25519_host_key", keys.host_private_dropbear, 0o600)
+    home = root / "root"
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
+    (home / ".ssh").chmod(0o700)
+    _write(home / ".ssh/authorized_keys", (keys.client_public_line + "\n").encode(), 0o600)
+    _symlink(root / "usr/bin/sh", "busybox")
+    python = sorted((root / "usr/bin").glob("python3.[0-9]*"))
+    if python:
+        _symlink(root / "usr/bin/python3", python[0].name)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+
+
+def _symlink(path: Path, target: str) -> None:
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(target)
