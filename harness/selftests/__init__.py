@@ -1,0 +1,1 @@
+"""Linux kselftests: build, KTAP/TAP parsing, running on a target."""
