@@ -118,27 +118,37 @@ def _elf_objects(root: Path) -> Iterable[Path]:
 def check_libraries(root: Path) -> list[str]:
     """Verify every ELF object finds its DT_NEEDED libraries in the tree.
 
-    Python extension modules whose libraries were left out are removed (so ``import`` fails
-    cleanly); a program or library with a missing library is an error. Returns what was removed.
+    Libraries and Python extension modules whose libraries were left out are removed, until none
+    is left (so ``import`` fails cleanly); a program with a missing library is an error. Returns
+    what was removed.
     """
     lib_dirs = _library_dirs(root)
-    available = {p.name for d in lib_dirs if d.is_dir() for p in d.iterdir()}
-    removed: list[str] = []
-    broken: list[str] = []
+    available = {p.name for d in lib_dirs if d.is_dir() for p in d.iterdir() if p.exists()}
+    objects = {}
     for path in sorted(_elf_objects(root)):
         try:
-            needed = ElfFile(path.read_bytes()).needed()
+            objects[path] = ElfFile(path.read_bytes()).needed()
         except ValueError:
             continue
-        missing = [lib for lib in needed if lib not in available]
-        if not missing:
-            continue
-        rel = str(path.relative_to(root))
-        if "lib-dynload" in path.parts:
+    removed: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for path, needed in list(objects.items()):
+            missing = [lib for lib in needed if lib not in available]
+            if not missing or not _is_library(root, path):
+                continue
+            rel = str(path.relative_to(root))
             path.unlink()
+            del objects[path]
+            available.difference_update(_names_of(path, lib_dirs))
             removed.append(f"{rel} (needs {', '.join(missing)})")
-        else:
-            broken.append(f"{rel} needs {', '.join(missing)}")
+            changed = True
+    broken = []
+    for path, needed in objects.items():
+        missing = [lib for lib in needed if lib not in available]
+        if missing:
+            broken.append(f"{path.relative_to(root)} needs {', '.join(missing)}")
     if broken:
         raise InfrastructureError(
             f"guest image misses shared libraries: {'; '.join(broken[:5])}; "
@@ -146,8 +156,23 @@ def check_libraries(root: Path) -> list[str]:
             details="\n".join(broken),
         )
     for entry in removed:
-        log.info("dropped Python extension %s", entry)
+        log.info("dropped %s", entry)
     return removed
+
+
+def _is_library(root: Path, path: Path) -> bool:
+    """Programs live in bin/sbin/libexec (and openssh's helpers); everything else under usr/lib is a library."""
+    rel = path.relative_to(root)
+    return rel.parts[:2] == ("usr", "lib") and "openssh" not in rel.parts
+
+
+def _names_of(path: Path, lib_dirs: list[Path]) -> set[str]:
+    """The names under which a removed library was reachable (itself and symlinks to it in lib dirs)."""
+    names = {path.name}
+    for directory in lib_dirs:
+        if directory.is_dir():
+            names.update(p.name for p in directory.iterdir() if p.is_symlink() and not p.exists())
+    return names
 
 
 def configure(root: Path, *, hostname: str, keys: ImageKeys, load_modules: Iterable[str],

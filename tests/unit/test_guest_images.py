@@ -454,6 +454,17 @@ def test_check_libraries(tmp_path: Path) -> None:
     for lib in needed:
         (root / "usr/lib/x86_64-linux-gnu" / lib).write_bytes(b"")
     assert rootfs.check_libraries(root) == []
+    # a library whose own dependency is missing is dropped, and then a program needing it is broken
+    libdir = root / "usr/lib/x86_64-linux-gnu"
+    victim = needed[0]
+    shutil.copy(program, libdir / victim)
+    (libdir / needed[-1]).unlink()
+    (root / "usr/bin/ls").unlink()
+    removed = rootfs.check_libraries(root)
+    assert removed and removed[0].startswith(f"usr/lib/x86_64-linux-gnu/{victim}")
+    shutil.copy(program, root / "usr/bin/ls")
+    with pytest.raises(InfrastructureError, match="usr/bin/ls needs"):
+        rootfs.check_libraries(root)
 
 
 def test_configure_writes_init_keys_and_etc(tmp_path: Path) -> None:
