@@ -1,0 +1,413 @@
+"""pytest collection of the C KVM selftests: one item per program, one report per subtest.
+
+A marker file (``harness/suites/kvm_selftests.kvmh``, any ``*.kvmh`` whose ``suite`` line says
+``kvm-selftests``) expands into one item per built program, named like the program
+(``s390x/memop``) so ``-k memop`` selects it. Collection builds the tree's selftests for the
+target's architecture (cached, so an unchanged tree builds nothing). Running an item runs the
+program on the session's target; each KTAP subtest is reported as ``…::program::subtest`` with its
+own outcome, so JUnit shows every subtest's skip reason or failure message.
+
+The harness plugin registers this module as a plugin and calls ``add_options``.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import pytest
+from _pytest._code.code import ReprFileLocation, TerminalRepr
+from _pytest.reports import TestReport
+
+from ..errors import HarnessError
+from .build import SelftestBuild, build_selftests, harness_arch
+from .expectations import (
+    PROP_HARNESS_SKIP,
+    PROP_OUTCOME,
+    PROP_PROGRAM,
+    PROP_REASON,
+    PROP_SUBTEST,
+    Expectation,
+    Expectations,
+    ResultRecord,
+    Verdict,
+    judge,
+    write_results,
+)
+from .ktap import TestResult
+from .runner import ProgramRun, RunOptions, SelftestRunner, select_programs
+
+log = logging.getLogger(__name__)
+
+SUITE_NAME = "kvm-selftests"
+MARKER_SUFFIX = ".kvmh"
+OUTPUT_LIMIT = 200_000
+REASON_LIMIT = 2000
+_STATE = pytest.StashKey["_SessionState"]()
+
+
+def add_options(group: Any) -> None:
+    """Add the selftest options to the plugin's option group."""
+    group.addoption("--kvm-tree", type=Path, default=None,
+                    help="kernel tree whose KVM selftests to build (default: Debian's linux-source-6.12)")
+    group.addoption("--kvm-selftest-arch", default=None, choices=("s390x", "x86_64"),
+                    help="architecture to build the selftests for (default: the target's; s390x for ssh://)")
+    group.addoption("--selftest-timeout-factor", type=float, default=None,
+                    help="multiply each program's settings timeout (default 1, or 4 under QEMU TCG)")
+    group.addoption("--selftest-budget", type=float, default=None, metavar="SECONDS",
+                    help="time budget for all selftest programs; programs past it are skipped")
+    group.addoption("--selftest-include", action="append", default=[], metavar="GLOB",
+                    help="only run selftest programs matching this glob (repeatable)")
+    group.addoption("--selftest-exclude", action="append", default=[], metavar="GLOB",
+                    help="never run selftest programs matching this glob (repeatable)")
+    group.addoption("--kvm-expectations", type=Path, default=None, metavar="FILE",
+                    help="per-host expectations: known failures become xfail, changes fail")
+    group.addoption("--kvm-write-expectations", type=Path, default=None, metavar="FILE",
+                    help="write the expectations this run's selftest results describe to FILE")
+
+
+def _opt(config: pytest.Config, name: str, default: Any = None) -> Any:
+    try:
+        return config.getoption(name)
+    except ValueError:
+        return default
+
+
+# -- marker files --------------------------------------------------------------------------------
+
+def read_marker(path: Path) -> Optional[dict[str, str]]:
+    """The ``key = value`` settings of a marker file, or None if it is not a kvm-selftests marker."""
+    settings: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings if settings.get("suite") == SUITE_NAME else None
+
+
+def collect_selftests_file(file_path: Path, parent: pytest.Collector) -> Optional[pytest.Collector]:
+    """The collector for a kvm-selftests marker file, or None for any other file."""
+    if file_path.suffix != MARKER_SUFFIX:
+        return None
+    settings = read_marker(file_path)
+    if settings is None:
+        return None
+    return SelftestFile.from_parent(parent, path=file_path, settings=settings)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Optional[pytest.Collector]:
+    return collect_selftests_file(file_path, parent)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kvm_selftest: a C KVM selftest program (or one of its subtests)")
+
+
+# -- session state -------------------------------------------------------------------------------
+
+@dataclass
+class _SessionState:
+    build: Optional[SelftestBuild] = None
+    runner: Optional[SelftestRunner] = None
+    expectations: Expectations = field(default_factory=Expectations)
+    records: list[ResultRecord] = field(default_factory=list)
+
+
+def _state(config: pytest.Config) -> _SessionState:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        state = _SessionState()
+        path = _opt(config, "--kvm-expectations")
+        if path is not None:
+            state.expectations = Expectations.load(path)
+        config.stash[_STATE] = state
+    return state
+
+
+def selftest_arch(config: pytest.Config) -> Optional[str]:
+    """The architecture to build for: explicit, else the target's (None for the model target)."""
+    explicit = _opt(config, "--kvm-selftest-arch")
+    if explicit:
+        return harness_arch(explicit)
+    from ..targets.spec import parse_target_spec
+
+    spec = parse_target_spec(_opt(config, "--kvm-target") or "")
+    if spec.kind == "qemu":
+        return spec.arch
+    if spec.kind == "local":
+        return harness_arch(platform.machine())
+    if spec.kind == "ssh":
+        return "s390x"
+    return None
+
+
+def _tree(config: pytest.Config) -> Path:
+    tree = _opt(config, "--kvm-tree")
+    if tree is not None:
+        return Path(tree)
+    from ..kernel.source import linux_source
+
+    return linux_source()
+
+
+# -- collection ----------------------------------------------------------------------------------
+
+class SelftestFile(pytest.File):
+    """A kvm-selftests marker file: builds the selftests and yields one item per program."""
+
+    def __init__(self, *, settings: Optional[dict[str, str]] = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings or {}
+
+    def collect(self) -> Iterator[pytest.Item]:
+        config = self.config
+        state = _state(config)
+        arch = selftest_arch(config)
+        if arch is None:
+            yield SelftestPlaceholder.from_parent(self, name="kvm-selftests",
+                                                  reason="the model target runs no C selftests")
+            return
+        if state.build is None:
+            state.build = build_selftests(_tree(config), arch)
+            b = state.build
+            log.info("KVM selftests %s: %d programs (%s, %.1f s)", arch, len(b.programs),
+                     "cached" if b.cached else "built", b.duration_s)
+        build = state.build
+        include = self.settings.get("include", "").split() + list(_opt(config, "--selftest-include") or [])
+        exclude = self.settings.get("exclude", "").split() + list(_opt(config, "--selftest-exclude") or [])
+        for program in select_programs(build.programs, include, exclude):
+            yield SelftestItem.from_parent(self, name=program, program=program)
+        for name, why in build.omitted.items():
+            yield SelftestPlaceholder.from_parent(self, name=name, reason=f"not built: {why}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, HarnessError):
+            return f"{self.path.name}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+
+class SelftestPlaceholder(pytest.Item):
+    """An item that only reports why something was not run."""
+
+    def __init__(self, *, reason: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+
+    def runtest(self) -> None:
+        raise pytest.skip.Exception(self.reason, _use_item_location=True)
+
+    def reportinfo(self) -> tuple[Union[Path, str], Optional[int], str]:
+        return self.path, 0, self.name
+
+
+class SelftestFailed(Exception):
+    """A selftest program (or a judgement on it) failed; the message is shown as is."""
+
+
+class _SelftestRepr(TerminalRepr):
+    """A failure text with a one-line ``reprcrash`` (JUnit's failure message)."""
+
+    def __init__(self, text: str, path: str, headline: str) -> None:
+        self.text = text
+        self.reprcrash = ReprFileLocation(path, 0, headline)
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class SelftestItem(pytest.Item):
+    """One selftest program on the session's target."""
+
+    def __init__(self, *, program: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.program = program
+        self.add_marker(pytest.mark.kvm_selftest)
+        self.kvm_target = None
+
+    def setup(self) -> None:
+        from ..plugin import holder_of
+
+        self.kvm_target = holder_of(self.config).get()
+
+    def reportinfo(self) -> tuple[Union[Path, str], Optional[int], str]:
+        return self.path, 0, f"selftest {self.program}"
+
+    def _runner(self) -> SelftestRunner:
+        state = _state(self.config)
+        assert state.build is not None and self.kvm_target is not None
+        if state.runner is None or state.runner.target is not self.kvm_target:
+            options = RunOptions(
+                timeout_factor=_opt(self.config, "--selftest-timeout-factor"),
+                budget_s=_opt(self.config, "--selftest-budget"),
+            )
+            state.runner = SelftestRunner(self.kvm_target, state.build, options)
+        return state.runner
+
+    def runtest(self) -> None:
+        state = _state(self.config)
+        run = self._runner().run(self.program)
+        expectations = state.expectations
+        verdict = judge(run.outcome.value, run.result.reason, expectations.get(self.program),
+                        harness_skip=run.harness_skip)
+        self._record(state, run)
+        if run.output:
+            self.add_report_section("call", "stdout selftest", _clip(run.output, OUTPUT_LIMIT))
+        sub_verdicts = self._report_subtests(run, expectations, state)
+        verdict = _program_verdict(verdict, run, sub_verdicts, expectations.get(self.program))
+        _raise_for(verdict, run)
+
+    def _record(self, state: _SessionState, run: ProgramRun) -> None:
+        reason = _clip(run.result.reason, REASON_LIMIT)
+        props = [(PROP_PROGRAM, self.program), (PROP_OUTCOME, run.outcome.value), (PROP_REASON, reason),
+                 ("selftest_duration_s", f"{run.duration_s:.2f}"), ("selftest_timeout_s", f"{run.timeout_s:g}")]
+        if run.exit_status is not None:
+            props.append(("selftest_exit_status", str(run.exit_status)))
+        if run.harness_skip:
+            props.append((PROP_HARNESS_SKIP, "1"))
+        self.user_properties.extend(props)
+        state.records.append(ResultRecord(self.program, None, run.outcome.value, run.result.reason, run.harness_skip))
+
+    def _report_subtests(self, run: ProgramRun, expectations: Expectations,
+                         state: _SessionState) -> list[tuple[TestResult, Verdict]]:
+        out: list[tuple[TestResult, Verdict]] = []
+        for name, sub in _flatten(run.result.subtests):
+            verdict = judge(sub.outcome.value, sub.reason, expectations.get(self.program, name))
+            out.append((sub, verdict))
+            state.records.append(ResultRecord(self.program, name, sub.outcome.value, sub.reason))
+            self._emit(name, sub, verdict)
+        return out
+
+    def _emit(self, name: str, sub: TestResult, verdict: Verdict) -> None:
+        nodeid = f"{self.nodeid}::{name}"
+        path = str(self.location[0])
+        location = (path, 0, f"{self.location[2]}::{name}")
+        keywords = {k: 1 for k in (name, self.program, "kvm_selftest")}
+        now = time.time()
+        longrepr: Any = None
+        outcome = verdict.outcome
+        if outcome == "skipped":
+            longrepr = (path, 1, f"Skipped: {verdict.message}")
+        elif outcome == "failed":
+            longrepr = _SelftestRepr(_failure_text(verdict.message, sub.log), path, _headline(verdict.message))
+        report = TestReport(nodeid, location, keywords, "skipped" if outcome == "xfailed" else outcome,
+                            longrepr, "call", sections=[], duration=0.0, start=now, stop=now)
+        if outcome == "xfailed":
+            report.wasxfail = verdict.message
+        self.ihook.pytest_runtest_logreport(report=report)
+        props = [(PROP_PROGRAM, self.program), (PROP_SUBTEST, name), (PROP_OUTCOME, sub.outcome.value),
+                 (PROP_REASON, _clip(sub.reason, REASON_LIMIT))]
+        teardown = TestReport(nodeid, location, keywords, "passed", None, "teardown", sections=[],
+                              duration=0.0, user_properties=props, start=now, stop=now)
+        self.ihook.pytest_runtest_logreport(report=teardown)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, SelftestFailed):
+            text = str(excinfo.value)
+            return _SelftestRepr(text, str(self.location[0]), _headline(text))
+        if isinstance(excinfo.value, HarnessError):
+            text = f"{self.program}: {excinfo.value}"
+            return _SelftestRepr(text, str(self.location[0]), text)
+        return super().repr_failure(excinfo)
+
+
+def _flatten(subtests: list[TestResult], prefix: str = "") -> Iterator[tuple[str, TestResult]]:
+    """(name, result) for every subtest, nested ones as ``parent::child``; duplicate names numbered."""
+    seen: dict[str, int] = {}
+    for sub in subtests:
+        base = sub.name or f"#{sub.number}"
+        seen[base] = seen.get(base, 0) + 1
+        name = base if seen[base] == 1 else f"{base} #{seen[base]}"
+        full = f"{prefix}{name}"
+        yield full, sub
+        if sub.subtests:
+            yield from _flatten(sub.subtests, f"{full}::")
+
+
+def _program_verdict(verdict: Verdict, run: ProgramRun, subs: list[tuple[TestResult, Verdict]],
+                     own: Optional[Expectation]) -> Verdict:
+    """A failing program whose failures are all expected subtest failures is itself an expected failure."""
+    if own is not None or verdict.outcome != "failed" or run.outcome.value != "fail":
+        return verdict
+    failing = [(s, v) for s, v in subs if s.outcome.is_failure]
+    if failing and all(v.outcome == "xfailed" for _, v in failing):
+        names = ", ".join(s.name for s, _ in failing)
+        return Verdict("xfailed", f"only known subtest failures: {names}")
+    return verdict
+
+
+def _raise_for(verdict: Verdict, run: ProgramRun) -> None:
+    if verdict.outcome == "passed":
+        return
+    if verdict.outcome == "skipped":
+        raise pytest.skip.Exception(verdict.message, _use_item_location=True)
+    if verdict.outcome == "xfailed":
+        pytest.xfail(verdict.message)
+    crashed = run.outcome.value in ("crashed", "timeout")
+    raise SelftestFailed(_failure_text(f"{run.program}: {verdict.message}", [], run.dmesg if crashed else ""))
+
+
+def _failure_text(message: str, log_lines: list[str], dmesg: str = "", tail: int = 30) -> str:
+    """The message, the test's own output lines (unless the message quotes them) and a kernel log excerpt."""
+    parts = [message]
+    useful = [line for line in log_lines if line.strip()]
+    if useful and "last output" not in message:
+        parts += ["", "--- output ---", *useful[-tail:]]
+    if dmesg.strip():
+        lines = dmesg.strip().splitlines()
+        parts += ["", f"--- kernel log while it ran (last {min(tail, len(lines))} lines) ---", *lines[-tail:]]
+    return "\n".join(parts)
+
+
+_ASSERT_MARK = "==== Test Assertion Failure ===="
+
+
+def _headline(text: str) -> str:
+    """One line for JUnit's failure message: a KVM assertion's own message and location, else the first line."""
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines):
+        if _ASSERT_MARK not in line:
+            continue
+        block = []
+        for nxt in lines[i + 1:]:
+            if not nxt or nxt.startswith("---") or nxt.startswith("["):
+                break
+            block.append(nxt)
+        prefix = line[: line.index(_ASSERT_MARK)].strip()
+        if block:
+            where = block[0].split(":", 2)
+            location = f" ({where[0]}:{where[1]})" if len(where) >= 2 and where[1].strip().isdigit() else ""
+            message = block[-1] if len(block) > 1 else block[0]
+            return f"{prefix} {message}{location}".strip()[:300]
+    for line in lines:
+        if line:
+            return line[:300]
+    return "failed"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit // 2] + "\n[... clipped ...]\n" + text[-limit // 2:]
+
+
+# -- writing expectations at the end of the session ------------------------------------------------
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = _opt(session.config, "--kvm-write-expectations")
+    state = session.config.stash.get(_STATE, None)
+    if path is None or state is None:
+        return
+    count = write_results(state.records, Path(path))
+    log.info("wrote %d expectations to %s", count, path)

@@ -1,0 +1,227 @@
+"""Run built KVM selftest programs on a target: deploy, time out, capture output and dmesg, parse.
+
+Each program runs as ``cd DIR && exec ./PROG 2>&1`` (line-buffered through ``stdbuf`` when the
+target has it, so a program killed at its timeout still shows its last lines), with the suite's
+``settings`` timeout times a factor: 1 on real hardware and KVM, ``TCG_TIMEOUT_FACTOR`` under
+QEMU TCG. Its kernel log window (``dmesg_cursor``/``dmesg_since``) is kept with the result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import posixpath
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from ..errors import HarnessError
+from ..targets.base import CommandResult, Target
+from .build import SelftestBuild
+from .ktap import Outcome, TestResult, program_result
+
+log = logging.getLogger(__name__)
+
+REMOTE_DIR = "/tmp/kvmh-selftests"
+TCG_TIMEOUT_FACTOR = 4.0
+HARNESS_SKIP_PREFIX = "not run by the harness: "
+
+
+@dataclass
+class RunOptions:
+    """How to run the programs of a build."""
+
+    timeout_factor: Optional[float] = None
+    """Multiplies the suite's timeout; None picks 1, or TCG_TIMEOUT_FACTOR on a TCG target."""
+    budget_s: Optional[float] = None
+    """Total seconds for all programs; once used up, the remaining ones are skipped (a started one runs on)."""
+    include: Sequence[str] = ()
+    """Glob patterns of program names to run (all when empty)."""
+    exclude: Sequence[str] = ()
+    """Glob patterns of program names never to run."""
+    remote_dir: str = REMOTE_DIR
+    capture_dmesg: bool = True
+
+
+@dataclass
+class ProgramRun:
+    """One program's run: the parsed result and the raw evidence."""
+
+    program: str
+    result: TestResult
+    timeout_s: float
+    duration_s: float = 0.0
+    exit_status: Optional[int] = None
+    output: str = ""
+    dmesg: str = ""
+    harness_skip: bool = False
+    command: str = ""
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.result.outcome
+
+
+def select_programs(programs: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+    """Programs matching any ``include`` glob (all when none) and no ``exclude`` glob, in build order.
+
+    A pattern matches the full name (``s390x/memop``) or its base name (``memop``).
+    """
+
+    def matches(name: str, patterns: Sequence[str]) -> bool:
+        base = posixpath.basename(name)
+        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(base, p) for p in patterns)
+
+    return [p for p in programs if (not include or matches(p, include)) and not matches(p, exclude)]
+
+
+def is_tcg(target: Target) -> bool:
+    """Whether the target's CPU is emulated by QEMU TCG (its facts say so)."""
+    try:
+        accel = target.facts().accelerator
+    except HarnessError as err:
+        log.warning("cannot read the facts of %s: %s", target.spec, err)
+        return False
+    return "tcg" in (accel or "").lower()
+
+
+def default_timeout_factor(target: Target) -> float:
+    return TCG_TIMEOUT_FACTOR if is_tcg(target) else 1.0
+
+
+class SelftestRunner:
+    """Runs the programs of one build on one started target."""
+
+    def __init__(self, target: Target, build: SelftestBuild, options: Optional[RunOptions] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.target = target
+        self.build = build
+        self.options = options or RunOptions()
+        self._clock = clock
+        self._factor: Optional[float] = self.options.timeout_factor
+        self._deployed: set[str] = set()
+        self._prepared = False
+        self._stdbuf = False
+        self.spent_s = 0.0
+
+    # -- placement -----------------------------------------------------------------------------
+    @property
+    def local(self) -> bool:
+        return self.target.kind == "local"
+
+    @property
+    def root(self) -> str:
+        """Directory on the target the program names are relative to."""
+        if self.local:
+            return str(self.build.out_dir)
+        return posixpath.join(self.options.remote_dir, self.build.key)
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        self._stdbuf = self.target.has_command("stdbuf")
+        if not self._stdbuf:
+            log.info("%s has no stdbuf: a killed program may lose its buffered output", self.target.spec)
+        self._prepared = True
+
+    def deploy(self, program: str) -> None:
+        """Copy one program to the target (once); the local target runs the build in place."""
+        if self.local or program in self._deployed:
+            return
+        remote = posixpath.join(self.root, program)
+        self.target.put(self.build.path(program), remote, mode=0o755)
+        self._deployed.add(program)
+
+    # -- timing --------------------------------------------------------------------------------
+    @property
+    def timeout_factor(self) -> float:
+        if self._factor is None:
+            self._factor = default_timeout_factor(self.target)
+            log.info("selftest timeout factor on %s: %g", self.target.spec, self._factor)
+        return self._factor
+
+    def program_timeout(self) -> float:
+        return self.build.timeout_s * self.timeout_factor
+
+    def budget_left(self) -> Optional[float]:
+        if self.options.budget_s is None:
+            return None
+        return self.options.budget_s - self.spent_s
+
+    # -- running -------------------------------------------------------------------------------
+    def command_for(self, program: str) -> str:
+        prefix = "stdbuf -oL -eL " if self._stdbuf else ""
+        return f"cd {shlex.quote(self.root)} && exec {prefix}./{shlex.quote(program)} 2>&1"
+
+    def skipped(self, program: str, why: str) -> ProgramRun:
+        """A result for a program the harness did not run (budget used up)."""
+        result = TestResult(name=program, number=None, outcome=Outcome.SKIP, reason=HARNESS_SKIP_PREFIX + why)
+        return ProgramRun(program=program, result=result, timeout_s=0.0, harness_skip=True)
+
+    def run(self, program: str) -> ProgramRun:
+        """Run one program and return its parsed result (a timeout is a result, not an exception)."""
+        if program not in self.build.programs:
+            raise KeyError(f"{program} is not a program of this build")
+        left = self.budget_left()
+        if left is not None and left <= 0:
+            return self.skipped(program, f"the selftest budget of {self.options.budget_s:g} s is used up")
+        self._prepare()
+        self.deploy(program)
+        timeout = self.program_timeout()
+        read_log = self.options.capture_dmesg and self.target.kind != "model"
+        cursor = self._cursor() if read_log else None
+        command = self.command_for(program)
+        started = self._clock()
+        res: CommandResult = self.target.run(command, timeout=timeout)
+        duration = self._clock() - started
+        self.spent_s += duration
+        dmesg = self._since(cursor) if cursor is not None else ""
+        output = res.stdout + (("\n" + res.stderr) if res.stderr.strip() else "")
+        status = None if res.timed_out else res.exit_status
+        result = program_result(program, output, status, timed_out=res.timed_out)
+        if res.timed_out:
+            result.reason = f"timeout after {timeout:g} s; " + result.reason
+        log.info("%s: %s in %.1f s", program, result.outcome.value, duration)
+        return ProgramRun(program=program, result=result, timeout_s=timeout, duration_s=duration,
+                          exit_status=status, output=output, dmesg=dmesg, command=command)
+
+    def run_all(self, programs: Optional[Sequence[str]] = None) -> list[ProgramRun]:
+        """Run the selected programs in order, honouring the budget."""
+        names = programs if programs is not None else select_programs(
+            self.build.programs, self.options.include, self.options.exclude)
+        return [self.run(name) for name in names]
+
+    def _cursor(self) -> Optional[int]:
+        try:
+            return self.target.dmesg_cursor()
+        except HarnessError as err:
+            log.warning("no kernel log cursor on %s: %s", self.target.spec, err)
+            return None
+
+    def _since(self, cursor: int) -> str:
+        try:
+            return self.target.dmesg_since(cursor)
+        except HarnessError as err:
+            log.warning("cannot read the kernel log on %s: %s", self.target.spec, err)
+            return ""
+
+
+@dataclass
+class RunSummary:
+    """Counts per outcome over a set of runs, and the wall time."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @classmethod
+    def of(cls, runs: Sequence[ProgramRun]) -> "RunSummary":
+        counts: dict[str, int] = {}
+        for run in runs:
+            key = "harness-skip" if run.harness_skip else run.outcome.value
+            counts[key] = counts.get(key, 0) + 1
+        return cls(counts=counts, duration_s=sum(r.duration_s for r in runs))
+
+    def line(self) -> str:
+        parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
+        return f"{parts} in {self.duration_s:.1f} s"
