@@ -221,6 +221,20 @@ class Watchdog:
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _libc.ioctl.restype = ctypes.c_int
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mmap.restype = ctypes.c_void_p
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munmap.restype = ctypes.c_int
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def map_anonymous(size: int) -> int:
+    """mmap(2) private anonymous read/write memory; raises OSError."""
+    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    if addr is None or addr == MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return addr
 
 
 def ioctl(fd: int, request: int, arg: int = 0) -> int:
@@ -286,7 +300,7 @@ class State:
     def __init__(self) -> None:
         self.fds: Dict[str, int] = {}
         self.kinds: Dict[str, str] = {}
-        self.memory: List[Any] = []
+        self.memory: Dict[str, List[Tuple[int, int]]] = {}  # VM handle -> its memslots' (address, length)
         self.run_maps: Dict[str, mmap.mmap] = {}
         self.events: Dict[str, threading.Event] = {}
         self.threads: Dict[str, threading.Thread] = {}
@@ -303,11 +317,21 @@ class State:
         return self.fds[name]
 
     def add(self, name: str, fd: int, kind: str) -> None:
-        old = self.fds.get(name)
-        if old is not None:
-            os.close(old)
+        """Register a new fd under ``name``; an older handle of that name is closed first."""
+        if name in self.fds:
+            self.release(name)
         self.fds[name] = fd
         self.kinds[name] = kind
+
+    def release(self, name: str) -> None:
+        """Close a handle, its vCPU run area and (for a VM) its memslots' memory."""
+        fd = self.fds.pop(name)
+        run = self.run_maps.pop(name, None)
+        if run is not None:
+            run.close()
+        os.close(fd)
+        for addr, length in self.memory.pop(name, []):
+            _libc.munmap(addr, length)
 
     def event(self, name: str) -> threading.Event:
         with self.lock:
@@ -328,6 +352,7 @@ class Executor:
         self.watchdog = watchdog
         self.labels = labels
         self.default_timeout_s = default_timeout_s
+        self.quiet = 0  # inside a loop: inner steps (and their forks' children) print no records
 
     @property
     def failed(self) -> bool:
@@ -415,18 +440,17 @@ class Executor:
         size = int(step["size_mb"]) * MIB
         if size <= 0:
             raise StepError("size_mb must be positive")
-        area = mmap.mmap(-1, size + SEGMENT, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+        vm_fd = self.state.fd(step["vm"], "vm")
+        base = map_anonymous(size + SEGMENT)
+        self.state.memory.setdefault(step["vm"], []).append((base, size + SEGMENT))
         aligned = (base + SEGMENT - 1) & ~(SEGMENT - 1)
         touch = min(int(step["touch_mb"]) * MIB, size)
         if touch:
             ctypes.memset(aligned, 0x5A, touch)
-        self.state.memory.append(area)
         region = uapi.KvmUserspaceMemoryRegion(slot=int(step["slot"]), flags=int(step["flags"]),
                                                guest_phys_addr=int(step["gpa"]), memory_size=size,
                                                userspace_addr=aligned)
-        out.ret = ioctl(self.state.fd(step["vm"], "vm"), uapi.KVM_SET_USER_MEMORY_REGION,
-                        ctypes.addressof(region))
+        out.ret = ioctl(vm_fd, uapi.KVM_SET_USER_MEMORY_REGION, ctypes.addressof(region))
         out.data = {"size": size, "touched": touch}
 
     def op_create_vcpu(self, step: Dict[str, Any], out: Outcome) -> None:
@@ -462,12 +486,8 @@ class Executor:
 
     def op_close(self, step: Dict[str, Any], out: Outcome) -> None:
         name = step["handle"]
-        fd = self.state.fd(name)
-        run = self.state.run_maps.pop(name, None)
-        if run is not None:
-            run.close()
-        del self.state.fds[name]
-        os.close(fd)
+        self.state.fd(name)
+        self.state.release(name)
         out.ret = 0
 
     # --- host observations ---
@@ -541,15 +561,19 @@ class Executor:
         iterations = 0
         failures: List[Dict[str, Any]] = []
         failed = 0
-        while count is None or iterations < int(count):
-            for inner in step["steps"]:
-                record = self.run_step(inner, emit=False)
-                if record.get("errno") or record.get("error"):
-                    failed += 1
-                    if len(failures) < 5:
-                        failures.append({"iteration": iterations, "step": inner["name"],
-                                         "errno": record.get("errno"), "error": record.get("error")})
-            iterations += 1
+        self.quiet += 1
+        try:
+            while count is None or iterations < int(count):
+                for inner in step["steps"]:
+                    record = self.run_step(inner, emit=False)
+                    if record.get("errno") or record.get("error"):
+                        failed += 1
+                        if len(failures) < 5:
+                            failures.append({"iteration": iterations, "step": inner["name"],
+                                             "errno": record.get("errno"), "error": record.get("error")})
+                iterations += 1
+        finally:
+            self.quiet -= 1
         out.data = {"iterations": iterations, "failed": failed, "failures": failures}
         out.ret = 0
 
@@ -611,7 +635,8 @@ def fork_steps(parent: Executor, step: Dict[str, Any]) -> Dict[str, Any]:
                     kill_time = time.monotonic() + float(step["kill_after_ms"]) / 1000.0
                 continue
             finished.append(record["name"])
-            parent.emitter.emit(record)
+            if not parent.quiet:
+                parent.emitter.emit(record)
     os.close(read_fd)
     _, status = os.waitpid(pid, 0)
     if parent.watchdog is not None:

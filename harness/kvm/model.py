@@ -1,0 +1,780 @@
+"""Reference model of s390 KVM protected-VM teardown: the expected record of every agent step.
+
+The model executes the same normalised step list the agent runs (see ``harness.kvm.agent``) against an
+abstract host described by ``Capabilities``, and returns the records the agent should print.  Values the
+model cannot know (fd numbers, Ultravisor reason codes, memory figures) are the matchers ``ANY``/``FD``.
+
+Sources: docs/async-destroy-spec.md, checked against Debian linux-source-6.12 ``arch/s390/kvm/pv.c`` and
+``kvm-s390.c``.  Notable kernel details encoded here:
+
+* ``KVM_S390_PV_COMMAND`` fails early (no copy-back) when the host is not PV-capable or ``flags != 0``;
+  after ``kvm_s390_handle_pv`` the struct is always copied back, so rc/rrc keep the caller's values
+  whenever KVM made no Ultravisor call (every ``-EINVAL`` path of PREPARE/PERFORM/DISABLE/ENABLE, ``-ENOTTY``).
+* PREPARE converts the vCPUs first and only then refuses a second set-aside or a segment-table ASCE
+  (memory limit <= 2 GiB): after that failure the vCPUs are non-protected, the VM still protected.
+* PERFORM with destroy-fast leaves rc/rrc untouched (the fast destroy already happened in PREPARE);
+  without it rc/rrc come from Destroy Secure Configuration.
+* A fatal signal during PERFORM queues the VM on ``need_cleanup``; ``kvm_arch_destroy_vm`` and DISABLE
+  destroy the current, the set-aside and every ``need_cleanup`` configuration.
+
+Threads are run cooperatively: each runs until it blocks (``wait_event``, ``wait_step``, ``join``); the
+model repeats the evaluation for every scheduling order of the threads, so a race yields several allowed
+outcomes (``expect`` returns one alternative per distinct outcome).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import uapi
+from .caps import ASYNC_TEARDOWN_SINCE, Capabilities
+
+log = logging.getLogger(__name__)
+
+TWO_GIB = 1 << 31
+MIB = 1 << 20
+ASSUMED_DEFAULT_LIMIT_OK = 1 << 40  # limits up to 1 TiB are below any s390 host's default (hamax / TASK_SIZE)
+PV_INFO_SINCE = (6, 0)
+
+
+class _Any:
+    """Matches every value (the model cannot predict it)."""
+
+    def __repr__(self) -> str:
+        return "*"
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return 0
+
+    def to_json(self) -> str:
+        return "*"
+
+
+class _Fd:
+    """Matches a non-negative int (a file descriptor)."""
+
+    def __repr__(self) -> str:
+        return "fd"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int) and not isinstance(other, bool) and other >= 0
+
+    def __hash__(self) -> int:
+        return 1
+
+    def to_json(self) -> str:
+        return "fd"
+
+
+ANY: Any = _Any()
+FD: Any = _Fd()
+
+
+def matches(expected: Any, observed: Any) -> bool:
+    """Compare one field; dict expectations match a subset of the observed dict's keys."""
+    if expected is ANY:
+        return True
+    if expected is FD:
+        return FD == observed
+    if isinstance(expected, dict):
+        if not isinstance(observed, dict):
+            return False
+        return all(k in observed and matches(v, observed[k]) for k, v in expected.items())
+    return expected == observed
+
+
+# --- model state ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Vcpu:
+    vcpu_id: int
+    protected: bool = False
+    fd_open: bool = True
+
+
+@dataclass
+class Vm:
+    """One KVM VM and its protected configurations."""
+
+    label: str
+    protected: bool = False
+    generation: int = 0  # counts ENABLEs, to name configurations in the event log
+    set_aside: Optional[str] = None
+    need_cleanup: List[str] = field(default_factory=list)
+    mem_limit: Optional[int] = None  # None: the host's default (large)
+    memslots: Dict[int, Tuple[int, int]] = field(default_factory=dict)
+    vcpus: Dict[int, Vcpu] = field(default_factory=dict)
+    created_vcpus: int = 0
+    fd_open: bool = True
+    destroyed: bool = False
+
+    def config(self) -> str:
+        return f"{self.label}#pv{self.generation}"
+
+
+@dataclass
+class Proc:
+    """One process: its handles and VMs."""
+
+    label: str
+    handles: Dict[str, Tuple[str, Any]] = field(default_factory=dict)  # name -> (kind, object)
+    vms: List[Vm] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    """One step's expected outcome."""
+
+    ret: Any = 0
+    errno: Any = None
+    rc: Any = None
+    rrc: Any = None
+    data: Any = None
+    error: Any = None
+    sim: Any = None  # concrete data the model target reports where ``data`` is ANY
+
+
+def ok(ret: Any = 0, data: Any = None, sim: Any = None) -> Result:
+    return Result(ret=ret, data=data, sim=sim)
+
+
+def fail(errno: Any, **kw: Any) -> Result:
+    return Result(ret=None, errno=errno, **kw)
+
+
+UNKNOWN = Result(ret=ANY, errno=ANY, rc=ANY, rrc=ANY, data=ANY)
+
+
+class _Thread:
+    def __init__(self, label: Optional[str], steps: List[Dict[str, Any]], proc: Proc) -> None:
+        self.label = label
+        self.steps = steps
+        self.pc = 0
+        self.proc = proc
+
+    @property
+    def done(self) -> bool:
+        return self.pc >= len(self.steps)
+
+
+class Killed(Exception):
+    """The process the step runs in was SIGKILLed at this step."""
+
+
+# --- the model --------------------------------------------------------------------------------------------
+
+
+class Model:
+    """Evaluate step lists against the capabilities of one host."""
+
+    def __init__(self, caps: Capabilities) -> None:
+        self.caps = caps
+
+    # public API
+    def expect(self, steps: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
+        """Expected record lists, one per distinct outcome over all thread scheduling orders."""
+        alternatives: List[List[Dict[str, Any]]] = []
+        seen = set()
+        for order in self._orders(steps):
+            records = _Run(self.caps, order).evaluate(steps)
+            key = repr([(r["name"], r.get("ret"), r.get("errno"), r.get("rc"), r.get("rrc")) for r in records])
+            if key not in seen:
+                seen.add(key)
+                alternatives.append(records)
+        return alternatives
+
+    def simulate(self, steps: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Concrete records, as the agent would print them on a host that behaves like the model."""
+        records = _Run(self.caps, None).evaluate(steps)
+        return [concretize(r, i) for i, r in enumerate(records)]
+
+    def events(self, steps: List[Dict[str, Any]]) -> List[str]:
+        """The teardown event log of one evaluation (what got destroyed where), for reports."""
+        run = _Run(self.caps, None)
+        run.evaluate(steps)
+        return run.events
+
+    @staticmethod
+    def _orders(steps: List[Dict[str, Any]]) -> List[Optional[Tuple[str, ...]]]:
+        labels = _thread_labels(steps)
+        if len(labels) < 2:
+            return [None]
+        if len(labels) > 4:
+            log.warning("%d threads: exploring only their start order", len(labels))
+            return [None]
+        return [tuple(p) for p in itertools.permutations(labels)]
+
+
+def _thread_labels(steps: List[Dict[str, Any]]) -> List[str]:
+    labels = []
+    for step in steps:
+        if step["op"] == "thread":
+            labels.append(step["as"])
+        labels.extend(_thread_labels(step.get("steps") or []) if step["op"] != "fork" else [])
+    return labels
+
+
+def concretize(record: Dict[str, Any], index: int) -> Dict[str, Any]:
+    """Replace matchers by plausible concrete values (the model target's observations)."""
+    out = {k: v for k, v in record.items() if k not in ("optional", "sim")}
+    sim = record.get("sim")
+    defaults = {"ret": 0, "errno": None, "rc": uapi.UVC_RC_EXECUTED, "rrc": 0}
+    for key, default in defaults.items():
+        value = out.get(key)
+        if value is FD:
+            out[key] = 3 + index
+        elif value is ANY:
+            out[key] = default
+    if "data" in out:
+        out["data"] = _concrete_data(out["data"], sim)
+    out["duration_ns"] = 0
+    return {k: v for k, v in out.items() if v is not None or k in ("ret", "errno")}
+
+
+def _concrete_data(data: Any, sim: Any) -> Any:
+    if data is ANY:
+        return sim
+    if isinstance(data, dict):
+        base = dict(sim) if isinstance(sim, dict) else {}
+        for k, v in data.items():
+            if v is ANY or v is FD:
+                base.setdefault(k, None)
+            else:
+                base[k] = _concrete_data(v, None)
+        return base
+    return data
+
+
+SIM_MEMINFO = {"MemTotal": 8 << 20, "MemFree": 6 << 20, "MemAvailable": 7 << 20, "Cached": 1 << 20,
+               "AnonPages": 1 << 18}
+
+
+class _Run:
+    """One evaluation of a step list under one thread scheduling order."""
+
+    def __init__(self, caps: Capabilities, order: Optional[Tuple[str, ...]]) -> None:
+        self.caps = caps
+        self.order = order
+        self.records: List[Dict[str, Any]] = []
+        self.events: List[str] = []
+        self.started: set = set()
+        self.event_flags: set = set()
+        self.vm_count = 0
+        self.quiet = 0  # inside a loop: inner steps (and their forks' children) print no records
+
+    # scheduling
+    def evaluate(self, steps: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        proc = Proc("main")
+        try:
+            self._run_process(proc, steps, {}, kill_at=None)
+        finally:
+            self._exit_process(proc)
+        return self.records
+
+    def _run_process(self, proc: Proc, steps: List[Dict[str, Any]], labels: Dict[str, Any],
+                     kill_at: Optional[str]) -> Optional[str]:
+        """Run a process's threads to completion; return the step it was killed in, if any."""
+        threads: List[_Thread] = [_Thread(None, steps, proc)]
+        while True:
+            progressed = False
+            for thread in self._schedule(threads):
+                while not thread.done:
+                    step = thread.steps[thread.pc]
+                    if self._blocked(step, threads):
+                        break
+                    thread.pc += 1
+                    progressed = True
+                    thread_labels = dict(labels)
+                    if thread.label is not None:
+                        thread_labels["thread"] = thread.label
+                    if kill_at is not None and step["name"] == kill_at:
+                        self._killed_step(proc, step, thread_labels)
+                        return kill_at
+                    if step["op"] == "thread":
+                        threads.append(_Thread(step["as"], step["steps"], proc))
+                    killed = self._step(proc, step, thread_labels, kill_at)
+                    if killed:
+                        return killed
+            if all(t.done for t in threads) or not progressed:
+                if not all(t.done for t in threads):
+                    stuck = [t.steps[t.pc]["name"] for t in threads if not t.done]
+                    self.events.append(f"deadlock: steps {', '.join(stuck)} never unblock (agent would time out)")
+                    for name in stuck:
+                        self.records.append({"name": name, "op": "?", "ret": None, "errno": None,
+                                             "error": "timed out", "timed_out": True})
+                return None
+
+    def _schedule(self, threads: List[_Thread]) -> List[_Thread]:
+        main, others = threads[0], threads[1:]
+        if self.order is None:
+            return [main] + others
+        rank = {label: i for i, label in enumerate(self.order)}
+        return [main] + sorted(others, key=lambda t: rank.get(t.label or "", len(rank)))
+
+    def _blocked(self, step: Dict[str, Any], threads: List[_Thread]) -> bool:
+        op = step["op"]
+        if op == "wait_event":
+            return step["event"] not in self.event_flags
+        if op == "wait_step":
+            return step["step"] not in self.started
+        if op == "join":
+            return not any(t.label == step["thread"] and t.done for t in threads)
+        return False
+
+    # step dispatch
+    def _step(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any],
+              kill_at: Optional[str]) -> Optional[str]:
+        result, killed = self._exec(proc, step, labels, kill_at)
+        self._record(step, result, labels)
+        return killed
+
+    def _exec(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any],
+              kill_at: Optional[str]) -> Tuple[Result, Optional[str]]:
+        self.started.add(step["name"])
+        if step["op"] == "fork":
+            return self._fork(proc, step, labels), None
+        if step["op"] == "loop":
+            return self._loop(proc, step, labels, kill_at)
+        return getattr(self, "op_" + step["op"])(proc, step), None
+
+    def _record(self, step: Dict[str, Any], result: Result, labels: Dict[str, Any],
+                optional: bool = False) -> Dict[str, Any]:
+        record: Dict[str, Any] = {"name": step["name"], "op": step["op"], "ret": result.ret, "errno": result.errno}
+        for key in ("rc", "rrc", "data", "error", "sim"):
+            value = getattr(result, key)
+            if value is not None:
+                record[key] = value
+        if optional:
+            record["optional"] = True
+        record.update(labels)
+        if not self.quiet:
+            self.records.append(record)
+        return record
+
+    def _killed_step(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any]) -> None:
+        """SIGKILL lands in ``step``: its record may or may not appear; effects as the kernel defines them."""
+        self.started.add(step["name"])
+        if step["op"] == "pv" and int(step["cmd"]) == uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM:
+            probe = _Run(self.caps, self.order)
+            completed = probe.op_pv(_clone_proc(proc), step)
+            self._record(step, completed, labels, optional=True)
+            vm = self._vm(proc, step["vm"])
+            if vm is not None and vm.set_aside is not None and self._async_enabled():
+                self.events.append(f"fatal signal in PERFORM: {vm.set_aside} queued on need_cleanup")
+                vm.need_cleanup.append(vm.set_aside)
+                vm.set_aside = None
+            return
+        if step["op"] == "loop":
+            self._record(step, Result(ret=ANY, errno=ANY, data=ANY), labels, optional=True)
+            return
+        result = getattr(self, "op_" + step["op"], lambda p, s: UNKNOWN)(proc, step)
+        self._record(step, result, labels, optional=True)
+
+    # helpers
+    @property
+    def s390(self) -> bool:
+        return self.caps.arch == "s390x"
+
+    def _version_at_least(self, version: Tuple[int, int]) -> Optional[bool]:
+        current = self.caps.version
+        return None if current is None else current >= version
+
+    def _async_enabled(self) -> Optional[bool]:
+        if self._version_at_least(ASYNC_TEARDOWN_SINCE) is False:
+            return False
+        if self.caps.async_destroy is None:
+            return None
+        return bool(self.caps.async_destroy)
+
+    def _handle(self, proc: Proc, name: str, kind: Optional[str] = None) -> Optional[Any]:
+        entry = proc.handles.get(name)
+        if entry is None or (kind is not None and entry[0] != kind):
+            return None
+        return entry[1]
+
+    def _vm(self, proc: Proc, name: str) -> Optional[Vm]:
+        return self._handle(proc, name, "vm")
+
+    @staticmethod
+    def _no_handle(name: str) -> Result:
+        return Result(ret=None, errno=None, error=ANY)
+
+    # --- process teardown (kvm_arch_destroy_vm) ---
+    def _exit_process(self, proc: Proc) -> None:
+        for name in list(proc.handles):
+            kind, obj = proc.handles.pop(name)
+            if kind == "vcpu":
+                obj[1].fd_open = False
+            elif kind == "vm":
+                obj.fd_open = False
+        for vm in proc.vms:
+            self._maybe_destroy(vm)
+
+    def _maybe_destroy(self, vm: Vm) -> None:
+        if vm.destroyed or vm.fd_open or any(v.fd_open for v in vm.vcpus.values()):
+            return
+        vm.destroyed = True
+        configs = ([vm.config()] if vm.protected else []) + ([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup
+        self.events.append(f"kvm_arch_destroy_vm({vm.label}): destroys vCPUs, then "
+                           + (", ".join(configs) if configs else "no protected configuration"))
+        vm.protected = False
+        vm.set_aside = None
+        vm.need_cleanup = []
+
+    def _fork(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any]) -> Result:
+        child = Proc(step["as"])
+        child_labels = dict(labels, proc=step["as"])
+        killed = self._run_process(child, step["steps"], child_labels, step.get("kill_at"))
+        self._exit_process(child)
+        if step.get("kill_at") is not None:
+            if killed is None:
+                return ok(data={"killed": ANY, "kill_missed": ANY}, sim={"killed": False, "exit_status": 0})
+            return ok(data={"killed": True, "signal": 9, "killed_in": ANY},
+                      sim={"killed": True, "signal": 9, "killed_in": killed})
+        return ok(data={"killed": False, "exit_status": 0}, sim={"killed": False, "exit_status": 0})
+
+    def _loop(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any],
+              kill_at: Optional[str]) -> Tuple[Result, Optional[str]]:
+        count = step.get("count")
+        iterations = 1 if count is None else int(count)
+        failed = 0
+        unknown = False
+        self.quiet += 1
+        try:
+            for _ in range(iterations):
+                for inner in step["steps"]:
+                    result, _ = self._exec(proc, inner, labels, None)
+                    if result.errno is ANY or result.error is ANY:
+                        unknown = True
+                    elif result.errno is not None or result.error is not None:
+                        failed += 1
+        finally:
+            self.quiet -= 1
+        data = {"iterations": ANY if count is None else iterations, "failed": ANY if unknown else failed}
+        return ok(data=data, sim={"iterations": iterations, "failed": failed, "failures": []}), None
+
+    # --- ops ---
+    def op_open_kvm(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if not self.caps.has_kvm:
+            return fail("ENOENT")
+        proc.handles[step["as"]] = ("kvm", None)
+        return ok(FD)
+
+    def op_api_version(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if step["kvm"] not in proc.handles:
+            return self._no_handle(step["kvm"])
+        return ok(uapi.KVM_API_VERSION)
+
+    def op_vcpu_mmap_size(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if step["kvm"] not in proc.handles:
+            return self._no_handle(step["kvm"])
+        return ok(ANY)
+
+    def op_check_extension(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if step["on"] not in proc.handles:
+            return self._no_handle(step["on"])
+        return ok(self.expected_cap(int(step["cap"])))
+
+    def expected_cap(self, cap: int) -> Any:
+        """What KVM_CHECK_EXTENSION(cap) must return on this host, derived from its facts."""
+        if cap == uapi.KVM_CAP_USER_MEMORY:
+            return 1
+        pv_caps = (uapi.KVM_CAP_S390_PROTECTED, uapi.KVM_CAP_S390_PROTECTED_DUMP,
+                   uapi.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE)
+        if cap not in pv_caps:
+            return ANY
+        if not self.s390:
+            return 0
+        pvh = self.caps.prot_virt_host
+        if cap == uapi.KVM_CAP_S390_PROTECTED:
+            return ANY if pvh is None else int(bool(pvh))
+        if cap == uapi.KVM_CAP_S390_PROTECTED_DUMP:
+            if self._version_at_least(PV_INFO_SINCE) is False or pvh == 0:
+                return 0
+            return ANY  # also needs the Ultravisor's dump calls
+        enabled = self._async_enabled()
+        if enabled is False:
+            return 0
+        if enabled is None or pvh is None:
+            return ANY
+        return int(bool(pvh))
+
+    def op_create_vm(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if step["kvm"] not in proc.handles:
+            return self._no_handle(step["kvm"])
+        if int(step["type"]) != 0:
+            return UNKNOWN
+        self.vm_count += 1
+        vm = Vm(label=f"{proc.label}:{step['as']}")
+        self._close_name(proc, step["as"])
+        proc.handles[step["as"]] = ("vm", vm)
+        proc.vms.append(vm)
+        return ok(FD)
+
+    def op_set_mem_limit(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        vm = self._vm(proc, step["vm"])
+        if vm is None:
+            return self._no_handle(step["vm"])
+        if not self.s390:
+            return UNKNOWN
+        new = int(step["bytes"])
+        if vm.mem_limit is not None and new > vm.mem_limit:
+            return fail("E2BIG")
+        if new == 0:
+            return fail("EINVAL")
+        if vm.mem_limit is None and new > ASSUMED_DEFAULT_LIMIT_OK:
+            return UNKNOWN
+        if vm.created_vcpus:
+            return fail("EBUSY")
+        vm.mem_limit = new
+        return ok(0)
+
+    def op_get_mem_limit(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        vm = self._vm(proc, step["vm"])
+        if vm is None:
+            return self._no_handle(step["vm"])
+        if not self.s390:
+            return UNKNOWN
+        return ok(0, data=ANY if vm.mem_limit is None else vm.mem_limit,
+                  sim=vm.mem_limit if vm.mem_limit is not None else (1 << 42))
+
+    def op_has_device_attr(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if step["on"] not in proc.handles:
+            return self._no_handle(step["on"])
+        if self.s390 and int(step["group"]) == uapi.KVM_S390_VM_MEM_CTRL \
+                and int(step["attr"]) == uapi.KVM_S390_VM_MEM_LIMIT_SIZE:
+            return ok(0)
+        return UNKNOWN
+
+    def op_add_memslot(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        vm = self._vm(proc, step["vm"])
+        if vm is None:
+            return self._no_handle(step["vm"])
+        size = int(step["size_mb"]) * MIB
+        gpa = int(step["gpa"])
+        data = {"size": size, "touched": min(int(step["touch_mb"]) * MIB, size)}
+        if self.s390:
+            if vm.protected:
+                return fail("EINVAL", data=data)
+            if gpa % MIB:
+                return fail("EINVAL", data=data)
+            limit = vm.mem_limit
+            if limit is not None and gpa + size > limit:
+                return fail("EINVAL", data=data)
+        slot = int(step["slot"])
+        if slot in vm.memslots:
+            return Result(ret=ANY, errno=ANY, data=data)
+        for other_gpa, other_size in vm.memslots.values():
+            if gpa < other_gpa + other_size and other_gpa < gpa + size:
+                return fail("EEXIST", data=data)
+        vm.memslots[slot] = (gpa, size)
+        return ok(0, data=data)
+
+    def op_create_vcpu(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        vm = self._vm(proc, step["vm"])
+        if vm is None:
+            return self._no_handle(step["vm"])
+        vcpu_id = int(step["id"])
+        if vcpu_id in vm.vcpus:
+            return fail("EEXIST")
+        vcpu = Vcpu(vcpu_id, protected=vm.protected)
+        vm.vcpus[vcpu_id] = vcpu
+        vm.created_vcpus += 1
+        name = step["as"] or f"vcpu{vcpu_id}"
+        self._close_name(proc, name)
+        proc.handles[name] = ("vcpu", (vm, vcpu))
+        return ok(FD)
+
+    def op_run_vcpu(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if self._handle(proc, step["vcpu"], "vcpu") is None:
+            return self._no_handle(step["vcpu"])
+        return Result(ret=ANY, errno=ANY, data=ANY, sim={"exit_reason": 0})
+
+    def op_pv_cpu(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if self._handle(proc, step["vcpu"], "vcpu") is None:
+            return self._no_handle(step["vcpu"])
+        if not self.s390:
+            return fail("ENOTTY", rc=step["rc"], rrc=step["rrc"])
+        return UNKNOWN
+
+    def op_close(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        if step["handle"] not in proc.handles:
+            return self._no_handle(step["handle"])
+        self._close_name(proc, step["handle"])
+        return ok(0)
+
+    def _close_name(self, proc: Proc, name: str) -> None:
+        entry = proc.handles.pop(name, None)
+        if entry is None:
+            return
+        kind, obj = entry
+        if kind == "vm":
+            obj.fd_open = False
+            self._maybe_destroy(obj)
+        elif kind == "vcpu":
+            vm, vcpu = obj
+            vcpu.fd_open = False
+            self._maybe_destroy(vm)
+
+    def op_read_file(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        path = step["path"]
+        if path == "/sys/firmware/uv/prot_virt_host" and self.s390:
+            value = self.caps.prot_virt_host
+            return fail("ENOENT") if value is None else ok(0, data=str(value))
+        if path == "/sys/module/kvm/parameters/async_destroy" and self.s390:
+            if self._version_at_least(ASYNC_TEARDOWN_SINCE) is False:
+                return fail("ENOENT")
+            value = self.caps.async_destroy
+            return Result(ret=ANY, errno=ANY, data=ANY) if value is None else ok(0, data=str(value))
+        return Result(ret=ANY, errno=ANY, data=ANY, sim="")
+
+    def op_meminfo(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        return ok(0, data=ANY, sim=dict(SIM_MEMINFO))
+
+    def op_cgroup_memory(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        return Result(ret=ANY, errno=ANY, data=ANY, sim={"cgroup": "/model", "current": 1 << 24})
+
+    def op_mem_settle(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        sim = {"field": step["field"], "baseline_kb": SIM_MEMINFO[step["field"]],
+               "final_kb": SIM_MEMINFO[step["field"]], "settled": True, "waited_ms": 0}
+        return ok(0, data={"settled": True}, sim=sim)
+
+    def op_sleep(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        return ok(0)
+
+    def op_set_event(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        self.event_flags.add(step["event"])
+        return ok(0)
+
+    def op_wait_event(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        return ok(0)
+
+    def op_wait_step(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        return ok(0)
+
+    def op_thread(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        return ok(0)
+
+    def op_join(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        return ok(0)
+
+    # --- KVM_S390_PV_COMMAND ---
+    def op_pv(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        vm = self._vm(proc, step["vm"])
+        if vm is None:
+            return self._no_handle(step["vm"])
+        rc_in, rrc_in = int(step["rc"]), int(step["rrc"])
+
+        def unchanged(errno: str) -> Result:
+            return fail(errno, rc=rc_in, rrc=rrc_in)
+
+        if not self.s390:
+            return unchanged("ENOTTY")  # no such VM ioctl elsewhere
+        pvh = self.caps.prot_virt_host
+        if pvh is None:
+            return UNKNOWN
+        if not pvh:
+            return unchanged("EINVAL")  # early failure: not a PV host
+        if int(step["flags"]):
+            return unchanged("EINVAL")  # early failure: flags != 0
+        cmd = int(step["cmd"])
+        known = self._known_pv_cmd(cmd)
+        if known is None:
+            return UNKNOWN
+        if not known:
+            return unchanged("ENOTTY")
+        if cmd == uapi.PvCmd.KVM_PV_ENABLE:
+            return self._pv_enable(vm, unchanged)
+        if cmd == uapi.PvCmd.KVM_PV_DISABLE:
+            return self._pv_disable(vm, unchanged)
+        if cmd == uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PREPARE:
+            return self._pv_prepare(vm, unchanged)
+        if cmd == uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM:
+            return self._pv_perform(vm, unchanged, rc_in, rrc_in)
+        if cmd == uapi.PvCmd.KVM_PV_INFO:
+            return UNKNOWN
+        if not vm.protected:
+            return unchanged("EINVAL")  # SET_SEC_PARMS..DUMP all need a protected VM
+        return UNKNOWN
+
+    def _known_pv_cmd(self, cmd: int) -> Optional[bool]:
+        if cmd in (uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PREPARE, uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM):
+            return self._version_at_least(ASYNC_TEARDOWN_SINCE)
+        if cmd in (uapi.PvCmd.KVM_PV_INFO, uapi.PvCmd.KVM_PV_DUMP):
+            return True if self._version_at_least(PV_INFO_SINCE) else None
+        return 0 <= cmd <= uapi.PvCmd.KVM_PV_UNSHARE_ALL
+
+    def _pv_enable(self, vm: Vm, unchanged: Any) -> Result:
+        if vm.protected:
+            return unchanged("EINVAL")
+        if not vm.memslots:
+            # Create Secure Configuration with a zero guest length: the Ultravisor refuses, rc/rrc are its own.
+            return fail("EIO", rc=ANY, rrc=ANY)
+        vm.protected = True
+        vm.generation += 1
+        for vcpu in vm.vcpus.values():
+            vcpu.protected = True
+        self.events.append(f"ENABLE: {vm.config()} created")
+        return Result(ret=0, rc=uapi.UVC_RC_EXECUTED, rrc=ANY)
+
+    def _pv_disable(self, vm: Vm, unchanged: Any) -> Result:
+        if not vm.protected:
+            return unchanged("EINVAL")
+        destroyed = [vm.config()] + ([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup
+        self.events.append("DISABLE: destroys " + ", ".join(destroyed))
+        for vcpu in vm.vcpus.values():
+            vcpu.protected = False
+        vm.protected = False
+        vm.set_aside = None
+        vm.need_cleanup = []
+        return Result(ret=0, rc=uapi.UVC_RC_EXECUTED, rrc=ANY)
+
+    def _pv_prepare(self, vm: Vm, unchanged: Any) -> Result:
+        enabled = self._async_enabled()
+        if enabled is None:
+            return UNKNOWN
+        if not vm.protected or not enabled:
+            return unchanged("EINVAL")
+        for vcpu in vm.vcpus.values():  # kvm_s390_cpus_from_pv runs before the set-aside checks
+            vcpu.protected = False
+        if vm.set_aside is not None:
+            self.events.append(f"PREPARE refused: {vm.set_aside} is still set aside")
+            return unchanged("EINVAL")
+        if vm.mem_limit is not None and vm.mem_limit <= TWO_GIB:
+            self.events.append(f"PREPARE refused: memory limit {vm.mem_limit} <= 2 GiB (segment-table ASCE)")
+            return unchanged("EINVAL")
+        vm.set_aside = vm.config()
+        vm.protected = False
+        self.events.append(f"PREPARE: {vm.set_aside} set aside, lower 2 GiB destroyed")
+        return Result(ret=0, rc=uapi.UVC_RC_EXECUTED, rrc=uapi.SET_ASIDE_RRC)
+
+    def _pv_perform(self, vm: Vm, unchanged: Any, rc_in: int, rrc_in: int) -> Result:
+        enabled = self._async_enabled()
+        if enabled is None:
+            return UNKNOWN
+        if not enabled:
+            return unchanged("EINVAL")
+        if vm.set_aside is None:
+            return unchanged("EINVAL")
+        self.events.append(f"PERFORM: {vm.set_aside} destroyed")
+        vm.set_aside = None
+        fast = self.caps.destroy_fast
+        if fast is None:
+            return Result(ret=0, rc=ANY, rrc=ANY)
+        if fast:
+            return Result(ret=0, rc=rc_in, rrc=rrc_in)  # destroyed fast in PREPARE: no Ultravisor call now
+        return Result(ret=0, rc=uapi.UVC_RC_EXECUTED, rrc=ANY)
+
+
+def _clone_proc(proc: Proc) -> Proc:
+    """A deep copy of a process's state, for 'what if this step had completed'."""
+    import copy
+
+    return copy.deepcopy(proc)
