@@ -1,0 +1,21 @@
+"""x86_64 guests: the ``q35`` machine with the first serial port as console and PCI virtio devices."""
+
+from __future__ import annotations
+
+from . import ArchSpec
+
+X86_64 = ArchSpec(
+    name="x86_64",
+    qemu_binary="qemu-system-x86_64",
+    qemu_package="qemu-system-x86",
+    machine="q35",
+    tcg_cpu="max",
+    kvm_cpu="host",
+    console="ttyS0",
+    nic_device="virtio-net-pci",
+    rng_device="virtio-rng-pci",
+    cmdline=("panic=-1", "loglevel=7"),
+    max_tcg_cpus=8,
+    default_memory_mb=2048,
+    firmware_banners=("SeaBIOS", "iPXE", "Booting from ROM", "Booting from Hard Disk"),
+)

@@ -1,0 +1,469 @@
+"""A guest's serial console: the process on a pty, its log, panic detection and a command protocol.
+
+The console owns the process it reads (QEMU, spawned with pexpect in its own session).  A
+reader thread drains the pty all the time, so the guest never blocks on a full console; every
+byte goes to the log file as it arrives and every complete line goes through a
+:class:`~harness.transport.panic.ConsoleScanner`, so a kernel panic is known the moment its line
+is printed.  :meth:`Console.wait_for` waits for a pattern and fails fast on a panic, on the end
+of the process, on silence and on its deadline.
+
+:meth:`Console.run` runs a shell command on the console's shell.  Every line the command prints
+goes through ``sed`` and gets a prefix with a random token; the exit status follows an end
+marker.  Lines without the prefix are the shell's echo and prompts or kernel messages printed
+while the command ran, and are left out of the result.  The token is passed in a shell variable,
+so the echo of the typed line never contains a marker.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import re
+import secrets
+import select
+import shlex
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import pexpect
+
+from ..errors import BootError, InfrastructureError
+from ..targets.base import CommandResult
+from .panic import ConsoleScanner, KernelPanic, is_printk, summarize
+
+log = logging.getLogger(__name__)
+
+Pattern = Union[str, "re.Pattern[str]"]
+LineListener = Callable[[str], None]
+
+# How long to keep collecting a panic's lines (up to its "end Kernel panic" line) before failing.
+PANIC_SETTLE_S = 3.0
+# Keep at most this much console text in memory behind the read position.
+_KEEP_CHARS = 1 << 20
+_PRINTK_INSIDE = re.compile(r"\[\s*\d+\.\d{6}\](?:\[\s*[TC]\d+\])? ")
+
+
+class ConsoleClosed(InfrastructureError):
+    """The process behind the console ended."""
+
+
+class Console:
+    """Spawn ``argv`` on a pty and follow its output; see the module docstring."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        name: str = "guest",
+        process_label: str = "",
+        env: Optional[dict[str, str]] = None,
+        preexec_fn: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.name = name
+        self.process_label = process_label or os.path.basename(self.argv[0] if self.argv else name)
+        self._env = env
+        self._preexec_fn = preexec_fn
+        self.scanner = ConsoleScanner()
+        self._child: Optional[pexpect.spawn] = None
+        self._cond = threading.Condition()
+        self._proc_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._text = ""
+        self._base = 0  # characters dropped from the front of _text
+        self._cursor = 0
+        self._partial = ""
+        self._eof = False
+        self._panic_at: Optional[float] = None
+        self._listeners: list[LineListener] = []
+        self._reader: Optional[threading.Thread] = None
+        self._log_file = None
+        self.started_at = 0.0
+        self.first_output_at: Optional[float] = None
+        self.last_output_at = 0.0
+        self._last_match_base = 0
+        self._exit: Optional[tuple[Optional[int], Optional[int]]] = None
+
+    # -- process -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the process in its own session and start draining its output."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in terminate()
+        self.started_at = self.last_output_at = time.monotonic()
+        try:
+            self._child = pexpect.spawn(
+                self.argv[0], self.argv[1:], env=self._env, echo=False, encoding=None,
+                preexec_fn=self._preexec_fn, dimensions=(50, 200),
+            )
+        except (pexpect.ExceptionPexpect, OSError) as err:
+            self._log_file.close()
+            raise InfrastructureError(f"cannot start {self.argv[0]}: {err}") from err
+        log.debug("%s console: pid %d, log %s", self.name, self._child.pid, self.log_path)
+        self._reader = threading.Thread(target=self._read_loop, name=f"console-{self.name}", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._child.pid if self._child is not None else None
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        if self._child is None or self._exit is not None:
+            return False
+        with self._proc_lock:
+            if self._child.isalive():
+                return True
+            self._record_exit()
+            return False
+
+    def exit_description(self) -> str:
+        """``"status N"`` or ``"signal N (SIGX)"`` once the process ended, else ``"running"``."""
+        if self.alive() or self._exit is None:
+            return "running"
+        status, sig = self._exit
+        if sig is not None:
+            try:
+                return f"signal {sig} ({signal.Signals(sig).name})"
+            except ValueError:
+                return f"signal {sig}"
+        return f"status {status}"
+
+    def _record_exit(self) -> None:
+        child = self._child
+        if child is not None and self._exit is None:
+            self._exit = (child.exitstatus, child.signalstatus)
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the process to end; True when it has."""
+        end = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def terminate(self, grace: float = 5.0) -> None:
+        """End the process group (SIGTERM, then SIGKILL after ``grace``), reap it, close the log."""
+        child = self._child
+        if child is not None:
+            if self.alive():
+                self._signal_group(signal.SIGTERM)
+                if not self.wait_exit(grace):
+                    log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", self.name, child.pid, grace)
+                    self._signal_group(signal.SIGKILL)
+                    self.wait_exit(10.0)
+            else:
+                # The leader is gone; make sure nothing of its group lingers.
+                self._signal_group(signal.SIGKILL)
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+            with self._proc_lock:
+                try:
+                    child.close(force=True)
+                except (pexpect.ExceptionPexpect, OSError):
+                    pass
+                self._record_exit()
+        if self._log_file is not None and not self._log_file.closed:
+            self._log_file.close()
+
+    def kill_now(self) -> None:
+        """SIGKILL the process group at once (safe to call from a signal handler)."""
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        if self._child is None:
+            return
+        try:
+            os.killpg(self._child.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # -- output --------------------------------------------------------------------------------
+
+    def add_listener(self, listener: LineListener) -> None:
+        """Call ``listener(line)`` from the reader thread for every complete console line."""
+        self._listeners.append(listener)
+
+    def _read_loop(self) -> None:
+        assert self._child is not None
+        fd = self._child.child_fd
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            try:
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if not ready:
+                    continue
+                data = os.read(fd, 65536)
+            except (OSError, ValueError):
+                data = b""
+            if not data:
+                break
+            if self._log_file is not None and not self._log_file.closed:
+                self._log_file.write(data)
+                self._log_file.flush()
+            self._take(decoder.decode(data))
+        self._take(decoder.decode(b"", final=True), final=True)
+        self.alive()  # reap, so the exit status is known
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def _take(self, text: str, final: bool = False) -> None:
+        now = time.monotonic()
+        lines: list[str] = []
+        with self._cond:
+            if text:
+                self.last_output_at = now
+                if self.first_output_at is None:
+                    self.first_output_at = now
+                self._text += text
+                self._partial += text
+            parts = self._partial.split("\n")
+            self._partial = parts.pop()
+            if final and self._partial:
+                parts.append(self._partial)
+                self._partial = ""
+            lines = [part.rstrip("\r") for part in parts]
+            for line in lines:
+                if self.scanner.feed(line) == "panic" and self._panic_at is None:
+                    self._panic_at = now
+            if self._cursor > _KEEP_CHARS * 2:
+                drop = self._cursor - _KEEP_CHARS
+                self._text = self._text[drop:]
+                self._cursor -= drop
+                self._base += drop
+            self._cond.notify_all()
+        for line in lines:
+            for listener in self._listeners:
+                try:
+                    listener(line)
+                except Exception:  # a listener must not stop the reader
+                    log.exception("console line listener failed")
+
+    def last_lines(self, count: int = 20) -> list[str]:
+        """The last ``count`` complete lines (plus the line being printed)."""
+        with self._cond:
+            lines = self.scanner.last_lines(count)
+            if self._partial.strip():
+                lines = (lines + [self._partial.rstrip("\r")])[-count:]
+            return lines
+
+    def tail(self, count: int = 3) -> str:
+        """The last lines as one line for error messages."""
+        return summarize(self.last_lines(max(count, 20)), count)
+
+    @property
+    def output_seen(self) -> bool:
+        return self.first_output_at is not None
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def mark(self) -> int:
+        """Return the position of the end of the output so far (for ``since`` and :meth:`text_since`)."""
+        with self._cond:
+            return self._base + len(self._text)
+
+    def text_since(self, position: int, end: Optional[int] = None) -> str:
+        """Return the console text from ``position`` (a :meth:`mark`) to ``end`` or the end."""
+        with self._cond:
+            start = max(0, position - self._base)
+            stop = len(self._text) if end is None else max(start, end - self._base)
+            return self._text[start:stop]
+
+    def wait_for(
+        self,
+        pattern: Pattern,
+        deadline: float,
+        *,
+        what: str = "",
+        silence: Optional[float] = None,
+        since: Optional[int] = None,
+        panic_when: str = "",
+    ) -> "re.Match[str]":
+        """Wait until ``pattern`` appears on the console after the read position (or ``since``).
+
+        ``deadline`` is a ``time.monotonic()`` value.  Raises :class:`KernelPanic` as soon as a
+        panic is complete, :class:`ConsoleClosed` when the process ends, and :class:`BootError`
+        when nothing is printed for ``silence`` seconds or the deadline passes.  On success the read
+        position moves past the match.
+        """
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        what = what or f"{regex.pattern!r} on the {self.name} console"
+        called = time.monotonic()
+        with self._cond:
+            if since is not None:
+                self._cursor = max(0, min(since - self._base, len(self._text)))
+            while True:
+                match = regex.search(self._text, self._cursor)
+                if match:
+                    self._cursor = match.end()
+                    self._last_match_base = self._base
+                    return match
+                now = time.monotonic()
+                self._raise_if_panicked(now, panic_when or f"while waiting for {what}")
+                if self._eof:
+                    if self.scanner.panicked:
+                        raise self.scanner.panic_error(panic_when or f"while waiting for {what}", self.log_path)
+                    raise ConsoleClosed(
+                        f"{self.process_label} exited ({self._exit_text()}) before {what}; "
+                        f"last console lines: {summarize(self.scanner.last_lines(20))}",
+                        details="\n".join(self.scanner.last_lines(50)),
+                    )
+                if silence is not None and now - self.last_output_at >= silence:
+                    raise BootError(self._silence_message(silence, what),
+                                    details="\n".join(self.scanner.last_lines(50)))
+                if now >= deadline:
+                    raise BootError(
+                        f"{what} not seen within {now - called:.0f} s; "
+                        f"last console lines: {summarize(self.scanner.last_lines(20))}",
+                        details="\n".join(self.scanner.last_lines(50)),
+                    )
+                self._cond.wait(min(0.25, max(0.01, deadline - now)))
+
+    def _raise_if_panicked(self, now: float, when: str) -> None:
+        if self._panic_at is None:
+            return
+        if self.scanner.panic_complete or self._eof or now - self._panic_at >= PANIC_SETTLE_S:
+            raise self.scanner.panic_error(when, self.log_path)
+
+    def _silence_message(self, silence: float, what: str) -> str:
+        if self.first_output_at is None:
+            return (f"guest printed nothing for {silence:.0f} s (waiting for {what}): "
+                    f"the kernel did not start or has no console on this machine")
+        return (f"guest printed nothing for {silence:.0f} s (waiting for {what}); "
+                f"last console lines: {summarize(self.scanner.last_lines(20))}")
+
+    def _exit_text(self) -> str:
+        self.alive()
+        return self.exit_description()
+
+    def check(self, when: str) -> None:
+        """Raise if the kernel panicked or the process ended (use between other operations)."""
+        with self._cond:
+            if self._panic_at is not None:
+                raise self.scanner.panic_error(when, self.log_path)
+        if not self.alive():
+            raise ConsoleClosed(
+                f"{self.process_label} exited ({self.exit_description()}) {when}; "
+                f"last console lines: {self.tail()}",
+                details="\n".join(self.last_lines(50)),
+            )
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        """Type ``text`` on the console."""
+        if self._child is None:
+            raise ConsoleClosed(f"{self.name} console is not started")
+        data = text.encode()
+        # The SCLP console takes input in buffers of a few KiB: feed long input in pieces.
+        for offset in range(0, len(data), 1024):
+            self._child.send(data[offset:offset + 1024])
+            if len(data) > 1024:
+                time.sleep(0.05)
+
+    def sendline(self, text: str) -> None:
+        """Type ``text`` and Enter (carriage return, as a terminal sends it)."""
+        self.send(text + "\r")
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def run(self, command: str, timeout: float = 60.0) -> CommandResult:
+        """Run ``command`` in the console's shell; stdout and stderr come back merged in ``stdout``.
+
+        A command that outlives ``timeout`` is interrupted with Ctrl-C and reported with
+        ``timed_out=True`` and the output it printed so far.
+        """
+        with self._run_lock:
+            token = secrets.token_hex(6)
+            start = time.monotonic()
+            since = self.mark()
+            self.sendline(
+                f"__kvmh={token}; {{ ( eval {shlex.quote(command)} ) 2>&1 </dev/null; "
+                f'echo "KVMH_E_${{__kvmh}} $?"; }} | sed "s/^/KVMH_O_${{__kvmh}}:/"'
+            )
+            end = re.compile(rf"KVMH_O_{token}:([^\n]*?)KVMH_E_{token} (\d+)\r*\n")
+            try:
+                match = self.wait_for(end, start + timeout, what=f"the end of console command {command!r}",
+                                      since=since, panic_when=f"during console command {command!r}")
+            except KernelPanic:
+                raise
+            except BootError:
+                region = self.text_since(since)
+                self._interrupt()
+                return CommandResult(command=command, exit_status=-1,
+                                     stdout=parse_command_output(region, token, None),
+                                     stderr="", duration_s=time.monotonic() - start, timed_out=True)
+            region = self.text_since(since, self._last_match_base + match.start())
+            last = match.group(1)
+            return CommandResult(
+                command=command,
+                exit_status=int(match.group(2)),
+                stdout=parse_command_output(region, token, last),
+                stderr="",
+                duration_s=time.monotonic() - start,
+            )
+
+    def _interrupt(self) -> None:
+        """Ctrl-C the running command and wait until the shell answers again."""
+        self.send("\x03")
+        time.sleep(0.2)
+        token = secrets.token_hex(6)
+        self.sendline(f'__kvmh={token}; echo "KVMH_Y_${{__kvmh}}"')
+        try:
+            self.wait_for(re.compile(rf"KVMH_Y_{token}\r*\n"), time.monotonic() + 15,
+                          what="the console shell after Ctrl-C")
+        except BootError as err:
+            raise InfrastructureError(
+                f"the {self.name} console shell did not come back after interrupting a command: {err}"
+            ) from err
+
+    def prepare_shell(self, prompt: str, deadline: float) -> None:
+        """Wait for the shell ``prompt`` and quiet kernel messages on the console (``dmesg -n 1``)."""
+        self.wait_for(re.compile(re.escape(prompt)), deadline, what=f"the console shell prompt {prompt!r}")
+        result = self.run("dmesg -n 1", timeout=max(5.0, deadline - time.monotonic()))
+        if not result.ok:
+            log.warning("could not lower the console loglevel: %s", result.stdout.strip())
+
+
+def parse_command_output(region: str, token: str, last: Optional[str]) -> str:
+    """Rebuild a console command's output from the raw console text ``region``.
+
+    Lines carrying the ``KVMH_O_<token>:`` prefix are the command's; other lines are echo, prompts
+    or kernel messages.  A kernel message printed in the middle of an output line splits it: the
+    rest of that line then arrives without a prefix right after the message, and is joined back.
+    ``last`` is the text before the end marker on the end line (an unterminated last line), or
+    None when the command did not finish.
+    """
+    prefix = f"KVMH_O_{token}:"
+    out: list[str] = []
+    split_pending = False
+    for raw in region.split("\n"):
+        line = raw.rstrip("\r")
+        at = line.find(prefix)
+        if at >= 0:
+            payload = line[at + len(prefix):]
+            inside = _PRINTK_INSIDE.search(payload)
+            if inside and inside.start() > 0:
+                # "text[  1.23] message": a kernel message cut into this output line.
+                out.append(payload[:inside.start()])
+                split_pending = True
+            else:
+                out.append(payload)
+                split_pending = False
+            continue
+        if split_pending and line and not is_printk(line):
+            out[-1] += line
+        split_pending = False
+    if last is not None:
+        out.append(last)
+    elif out:
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,460 @@
+"""SSH to a target with paramiko: pinned host keys, connect until a deadline, commands that can be killed.
+
+One connection carries every command (a new channel each).  Each command runs as
+``exec setsid sh -c CMD`` after printing its PID, so it leads its own process group; a command
+that outlives its timeout is killed as a group (``kill -KILL -PID``) over a second channel, and
+nothing it started in that group keeps running.  Files move over SFTP when the server offers it,
+otherwise over an exec channel (``cat > file`` / ``cat file``); both are byte-exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import hashlib
+import logging
+import posixpath
+import select
+import shlex
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import paramiko
+
+from ..errors import BootError, InfrastructureError, UsageError
+from ..targets.base import CommandResult, OutputCallback
+
+log = logging.getLogger(__name__)
+
+PID_PREFIX = b"KVMH_PID "
+# Errors that mean "the server is not up yet": retried until the connect deadline.
+_RETRYABLE = (paramiko.SSHException, EOFError, OSError, socket.timeout)
+
+
+class SshError(InfrastructureError):
+    """SSH failed in a way the user must fix (host key, authentication)."""
+
+
+class SshConnectionLost(InfrastructureError):
+    """The connection dropped (or the target went away) while a command ran."""
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style ``SHA256:...`` fingerprint of a public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def parse_public_key(line: str) -> paramiko.PKey:
+    """Parse ``"ssh-ed25519 AAAA... [comment]"`` into a paramiko key."""
+    parts = line.split()
+    if len(parts) < 2:
+        raise UsageError(f"not an SSH public key: {line!r}; expected 'TYPE BASE64'")
+    try:
+        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+    except Exception as err:
+        raise UsageError(f"cannot parse SSH public key {line[:40]!r}...: {err}") from None
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Unknown host key: reject naming its fingerprint, or (``accept_new``) trust and record it."""
+
+    def __init__(self, accept_new: bool, known_hosts: Optional[Path]) -> None:
+        self.accept_new = accept_new
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if not self.accept_new:
+            where = f"in {self.known_hosts}" if self.known_hosts else "among the pinned keys"
+            raise SshError(
+                f"host key of {hostname} ({key.get_name()} {fingerprint(key)}) is not {where}: "
+                f"add it to known_hosts or allow trusting new host keys"
+            )
+        log.warning("trusting new host key of %s: %s %s", hostname, key.get_name(), fingerprint(key))
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        if self.known_hosts is not None:
+            client.save_host_keys(str(self.known_hosts))
+
+
+class SshClient:
+    """A paramiko connection to ``user@host:port``.
+
+    Host keys: ``host_keys`` pins public key lines (``"ssh-ed25519 AAAA..."``) for this host,
+    ``known_hosts`` is an OpenSSH known_hosts file; a key that matches neither is refused (or,
+    with ``accept_new_host_key``, trusted and written to ``known_hosts``).  Client keys:
+    ``key_file`` and/or the SSH agent and ``~/.ssh`` keys (``use_agent``, ``look_for_keys``).
+    ``liveness``, when given, is polled while a command runs: returning False ends the wait.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 22,
+        user: str = "root",
+        *,
+        key_file: Optional[Path] = None,
+        host_keys: Sequence[str] = (),
+        known_hosts: Optional[Path] = None,
+        accept_new_host_key: bool = False,
+        use_agent: bool = False,
+        look_for_keys: bool = False,
+        keepalive_s: int = 15,
+        liveness: Optional[Callable[[], bool]] = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.key_file = Path(key_file) if key_file else None
+        self.host_keys = tuple(host_keys)
+        self.known_hosts = Path(known_hosts).expanduser() if known_hosts else None
+        self.accept_new_host_key = accept_new_host_key
+        self.use_agent = use_agent
+        self.look_for_keys = look_for_keys
+        self.keepalive_s = keepalive_s
+        self.liveness = liveness
+        self._client: Optional[paramiko.SSHClient] = None
+        self._sftp: Union[paramiko.SFTPClient, None, bool] = None  # False: server has no SFTP
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        return transport is not None and transport.is_active()
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def _new_client(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        if self.known_hosts is not None and self.known_hosts.exists():
+            client.load_host_keys(str(self.known_hosts))
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        for line in self.host_keys:
+            key = parse_public_key(line)
+            client.get_host_keys().add(name, key.get_name(), key)
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.accept_new_host_key, self.known_hosts))
+        return client
+
+    def connect(
+        self,
+        deadline: float,
+        *,
+        check: Optional[Callable[[], None]] = None,
+        context: Optional[Callable[[], str]] = None,
+    ) -> None:
+        """Connect, retrying until ``deadline`` (a ``time.monotonic()`` value).
+
+        ``check`` is called between attempts and may raise (e.g. the guest died); ``context``
+        supplies text for the error when the deadline passes (e.g. the last console lines).
+        """
+        started = time.monotonic()
+        attempts = 0
+        last_error = "no attempt made"
+        while True:
+            if check is not None:
+                check()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                extra = f"; {context()}" if context is not None else ""
+                raise BootError(
+                    f"SSH on {self.address} not up within {time.monotonic() - started:.0f} s "
+                    f"({attempts} attempts, last: {last_error}){extra}"
+                )
+            attempts += 1
+            client = self._new_client()
+            try:
+                client.connect(
+                    self.host, self.port, self.user,
+                    key_filename=str(self.key_file) if self.key_file else None,
+                    allow_agent=self.use_agent, look_for_keys=self.look_for_keys,
+                    timeout=min(10.0, max(1.0, remaining)), banner_timeout=min(30.0, max(1.0, remaining)),
+                    auth_timeout=min(30.0, max(1.0, remaining)),
+                )
+            except paramiko.BadHostKeyException as err:
+                client.close()
+                raise SshError(
+                    f"host key of {self.host}:{self.port} is {err.key.get_name()} {fingerprint(err.key)}, "
+                    f"expected {fingerprint(err.expected_key)}: the target changed or is not the one meant; "
+                    f"fix known_hosts or the pinned key"
+                ) from None
+            except paramiko.AuthenticationException as err:
+                client.close()
+                raise SshError(f"SSH authentication as {self.address} failed ({err}): check the key") from None
+            except SshError:
+                client.close()
+                raise
+            except _RETRYABLE as err:
+                client.close()
+                last_error = f"{type(err).__name__}: {err}".strip().rstrip(":")
+                log.debug("SSH %s not up yet: %s", self.address, last_error)
+                time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+                continue
+            transport = client.get_transport()
+            if transport is not None and self.keepalive_s:
+                transport.set_keepalive(self.keepalive_s)
+            self._client = client
+            log.info("SSH %s up after %.1f s (%d attempts)", self.address, time.monotonic() - started, attempts)
+            return
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            if isinstance(self._sftp, paramiko.SFTPClient):
+                try:
+                    self._sftp.close()
+                except Exception:
+                    pass
+            self._sftp = None
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _transport(self, command: str) -> paramiko.Transport:
+        transport = self._client.get_transport() if self._client is not None else None
+        if transport is None or not transport.is_active():
+            raise SshConnectionLost(f"no SSH connection to {self.address} for command {command!r}")
+        return transport
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        command: str,
+        timeout: float = 60.0,
+        *,
+        stdin: Optional[bytes] = None,
+        on_output: Optional[OutputCallback] = None,
+    ) -> CommandResult:
+        """Run ``command`` with ``sh``; a command past ``timeout`` is killed and has ``timed_out``."""
+        status, out, err, duration, timed_out = self._exec(command, timeout, stdin, on_output)
+        return CommandResult(
+            command=command,
+            exit_status=status,
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            duration_s=duration,
+            timed_out=timed_out,
+        )
+
+    def _exec(
+        self,
+        command: str,
+        timeout: float,
+        stdin: Optional[bytes],
+        on_output: Optional[OutputCallback],
+    ) -> tuple[int, bytes, bytes, float, bool]:
+        start = time.monotonic()
+        deadline = start + timeout
+        transport = self._transport(command)
+        try:
+            channel = transport.open_session(timeout=min(30.0, max(5.0, timeout)))
+            channel.exec_command(f"echo {PID_PREFIX.decode()}$$; exec setsid sh -c {shlex.quote(command)}")
+        except (paramiko.SSHException, EOFError, OSError) as err:
+            raise SshConnectionLost(f"cannot start command {command!r} on {self.address}: {err}") from None
+        writer = _start_stdin_writer(channel, stdin)
+        reader = _ChannelReader(on_output)
+        timed_out = False
+        try:
+            timed_out = self._pump(channel, reader, deadline, command)
+        finally:
+            if timed_out:
+                self._kill(reader, channel, command)
+            if not timed_out and not channel.exit_status_ready():
+                channel.close()
+            writer.join(timeout=1)
+        if timed_out:
+            status = -9
+        else:
+            status = channel.recv_exit_status() if channel.exit_status_ready() else -1
+        channel.close()
+        return status, reader.stdout(), reader.stderr(), time.monotonic() - start, timed_out
+
+    def _pump(self, channel: paramiko.Channel, reader: "_ChannelReader", deadline: float, command: str) -> bool:
+        """Read until EOF and exit status; return True when the deadline passed first."""
+        status_since: Optional[float] = None
+        next_liveness = time.monotonic() + 1.0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return True
+            if not channel.eof_received:
+                select.select([channel], [], [], min(0.2, deadline - now))
+            reader.drain(channel)
+            if channel.eof_received:
+                # No data follows EOF: only the exit status is still to come.
+                channel.status_event.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+                reader.drain(channel)
+                if channel.exit_status_ready():
+                    return False
+            elif channel.exit_status_ready():
+                # The command exited but something it started still holds its output open.
+                status_since = status_since or now
+                if now - status_since > 2.0:
+                    return False
+            if channel.closed and not channel.exit_status_ready() and not channel.recv_ready():
+                raise SshConnectionLost(f"SSH channel to {self.address} closed during command {command!r}")
+            if not channel.get_transport().is_active():
+                raise SshConnectionLost(f"SSH connection to {self.address} dropped during command {command!r}")
+            if self.liveness is not None and now >= next_liveness:
+                next_liveness = now + 1.0
+                if not self.liveness():
+                    raise SshConnectionLost(f"target {self.address} went away during command {command!r}")
+
+    def _kill(self, reader: "_ChannelReader", channel: paramiko.Channel, command: str) -> None:
+        """Kill a timed-out command's process group, then close its channel."""
+        end = time.monotonic() + 5.0
+        while reader.pid is None and time.monotonic() < end and not channel.closed:
+            select.select([channel], [], [], 0.1)
+            reader.drain(channel)
+        pid = reader.pid
+        if not pid:
+            log.warning("no PID seen for timed-out command %r; closing its channel only", command)
+        else:
+            try:
+                self._exec(
+                    f"kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; true", 30.0, None, None
+                )
+                log.info("killed timed-out command %r (process group %d)", command, pid)
+            except InfrastructureError as err:
+                log.warning("could not kill timed-out command %r (pid %d): %s", command, pid, err)
+        channel.close()
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def _sftp_client(self) -> Optional[paramiko.SFTPClient]:
+        with self._lock:
+            if self._sftp is None:
+                try:
+                    self._sftp = self._client.open_sftp() if self._client is not None else None
+                except (paramiko.SSHException, EOFError, OSError) as err:
+                    log.info("no SFTP on %s (%s): copying files over exec channels", self.address, err)
+                    self._sftp = False
+            return self._sftp or None
+
+    def put(self, local: Path, remote: str, mode: Optional[int] = None) -> None:
+        """Copy ``local`` to ``remote`` byte-exact, creating the remote directory."""
+        local = Path(local)
+        if not local.is_file():
+            raise UsageError(f"cannot copy {local} to {self.address}: no such file")
+        sftp = self._sftp_client()
+        if sftp is not None:
+            try:
+                try:
+                    sftp.put(str(local), remote)
+                except FileNotFoundError:
+                    self._checked(f"mkdir -p {shlex.quote(posixpath.dirname(remote) or '.')}")
+                    sftp.put(str(local), remote)
+                if mode is not None:
+                    sftp.chmod(remote, mode)
+                return
+            except (OSError, paramiko.SSHException) as err:
+                raise InfrastructureError(f"copying {local} to {self.address}:{remote} failed: {err}") from None
+        quoted = shlex.quote(remote)
+        chmod = f" && chmod {mode:o} {quoted}" if mode is not None else ""
+        self._checked(f"mkdir -p {shlex.quote(posixpath.dirname(remote) or '.')} && cat > {quoted}{chmod}",
+                      stdin=local.read_bytes())
+
+    def get(self, remote: str, local: Path) -> None:
+        """Copy ``remote`` to ``local`` byte-exact."""
+        local = Path(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        sftp = self._sftp_client()
+        if sftp is not None:
+            try:
+                sftp.get(remote, str(local))
+                return
+            except (OSError, paramiko.SSHException) as err:
+                raise InfrastructureError(f"copying {self.address}:{remote} to {local} failed: {err}") from None
+        status, out, err, _, _ = self._exec(f"cat {shlex.quote(remote)}", 600.0, None, None)
+        if status != 0:
+            raise InfrastructureError(
+                f"copying {self.address}:{remote} failed: {err.decode('utf-8', 'replace').strip()}"
+            )
+        local.write_bytes(out)
+
+    def _checked(self, command: str, stdin: Optional[bytes] = None) -> None:
+        status, _, err, _, timed_out = self._exec(command, 600.0, stdin, None)
+        if status != 0 or timed_out:
+            raise InfrastructureError(
+                f"{command!r} on {self.address} failed: {err.decode('utf-8', 'replace').strip() or status}"
+            )
+
+
+class _ChannelReader:
+    """Collects a channel's output, takes the PID line off stdout, and streams text to a callback."""
+
+    def __init__(self, on_output: Optional[OutputCallback]) -> None:
+        self.on_output = on_output
+        self.pid: Optional[int] = None
+        self._head = b""
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+        self._decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+                          for name in ("stdout", "stderr")}
+
+    def drain(self, channel: paramiko.Channel) -> None:
+        while channel.recv_ready():
+            data = channel.recv(65536)
+            if not data:
+                break
+            self._stdout(data)
+        while channel.recv_stderr_ready():
+            data = channel.recv_stderr(65536)
+            if not data:
+                break
+            self._emit("stderr", data, self._err)
+
+    def _stdout(self, data: bytes) -> None:
+        if self.pid is None:
+            self._head += data
+            line, newline, rest = self._head.partition(b"\n")
+            if not newline:
+                return
+            if line.startswith(PID_PREFIX):
+                try:
+                    self.pid = int(line[len(PID_PREFIX):])
+                except ValueError:
+                    self.pid = 0
+                data = rest
+            else:
+                self.pid = 0
+                data = self._head
+            self._head = b""
+        if data:
+            self._emit("stdout", data, self._out)
+
+    def _emit(self, name: str, data: bytes, sink: list[bytes]) -> None:
+        sink.append(data)
+        if self.on_output is not None:
+            text = self._decoders[name].decode(data)
+            if text:
+                self.on_output(name, text)
+
+    def stdout(self) -> bytes:
+        return b"".join(self._out) + (self._head if self.pid is None else b"")
+
+    def stderr(self) -> bytes:
+        return b"".join(self._err)
+
+
+def _start_stdin_writer(channel: paramiko.Channel, data: Optional[bytes]) -> threading.Thread:
+    """Send ``data`` then EOF on the channel from a thread, so output is read meanwhile."""
+
+    def write() -> None:
+        try:
+            if data:
+                channel.sendall(data)
+            channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    thread = threading.Thread(target=write, name="ssh-stdin", daemon=True)
+    thread.start()
+    return thread
