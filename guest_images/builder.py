@@ -178,6 +178,19 @@ def _newest_with_inputs(arch: str, key: str) -> Optional[Path]:
     return max(candidates)[1] if candidates else None
 
 
+def _remove_abandoned_builds() -> None:
+    """Delete work directories left by builds whose process is gone (``.build-<image>-<pid>``)."""
+    for work in _images_dir().glob(".build-*-*"):
+        try:
+            pid = int(work.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log.info("removing abandoned build directory %s", work.name)
+            shutil.rmtree(work, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 @contextmanager
 def _lock(name: str) -> Iterator[None]:
     with open(_images_dir() / f".{name}.lock", "w") as handle:
@@ -216,6 +229,7 @@ def build_image(arch: str = "s390x", *, kernel: Optional[Path] = None, modules_d
     with _lock(directory.name):
         if not force and _complete(directory):
             return _load(directory)
+        _remove_abandoned_builds()
         image = _build(recipe, resolution, user, key, digest, directory)
     size = image.initrd.stat().st_size
     log.info("built guest image %s in %.1f s: initrd %.1f MiB, kernel %.1f MiB", directory.name,

@@ -55,35 +55,50 @@ def kernel_package(suite: DebianSuite, recipe: Recipe) -> str:
     )
 
 
-def _compute(suite: DebianSuite, recipe: Recipe, extra: Sequence[str], with_kernel: bool) -> Resolution:
-    names = suite.closure([*recipe.packages, *extra], recipe.exclude)
-    kernel = kernel_package(suite, recipe) if with_kernel else None
-    if kernel:
-        names.append(kernel)
-    versions = {name: suite.version(name) for name in sorted(set(names))}
-    return Resolution(versions, kernel)
+def _memo(kind: str, parts: list) -> Path:
+    key = hashlib.sha256(json.dumps([kind, *parts]).encode()).hexdigest()[:32]
+    return cache_subdir("images/resolved") / f"{kind}-{key}.json"
+
+
+def _read_memo(path: Path) -> Optional[dict]:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        log.warning("ignoring unreadable resolution cache %s", path)
+        return None
 
 
 def resolve(recipe: Recipe, extra: Sequence[str] = (), with_kernel: bool = True,
             suite: Optional[DebianSuite] = None) -> Resolution:
-    """Resolve the recipe against the current package lists (refreshed at most daily)."""
+    """Resolve the recipe against the current package lists (refreshed at most daily).
+
+    The userland closure and the kernel package are remembered separately, keyed by the recipe
+    and a fingerprint of apt's lists, so a rebuild with unchanged lists asks apt nothing.
+    """
     suite = suite or DebianSuite(recipe.suite, recipe.arch)
     suite.update()
-    key_src = json.dumps([recipe.digest, sorted(extra), with_kernel, lists_fingerprint(suite)])
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
-    memo = cache_subdir("images/resolved") / f"{key}.json"
-    if memo.exists():
-        try:
-            data = json.loads(memo.read_text())
-            return Resolution(dict(data["packages"]), data["kernel_package"])
-        except (ValueError, KeyError):
-            log.warning("ignoring unreadable resolution cache %s", memo)
-    log.info("resolving %s packages for %s in Debian %s", len(recipe.packages) + len(extra),
-             recipe.arch, recipe.suite)
-    result = _compute(suite, recipe, extra, with_kernel)
-    _write_atomic(memo, json.dumps({"packages": result.packages, "kernel_package": result.kernel_package},
-                                   indent=1, sort_keys=True))
-    return result
+    fingerprint = lists_fingerprint(suite)
+    userland_memo = _memo("userland", [recipe.digest, sorted(extra), fingerprint])
+    packages = _read_memo(userland_memo)
+    if packages is None:
+        log.info("resolving %d packages for %s in Debian %s", len(recipe.packages) + len(extra),
+                 recipe.arch, recipe.suite)
+        names = suite.closure([*recipe.packages, *extra], recipe.exclude)
+        packages = {name: suite.version(name) for name in names}
+        _write_atomic(userland_memo, json.dumps(packages, indent=1, sort_keys=True))
+    kernel = None
+    if with_kernel:
+        kernel_memo = _memo("kernel", [recipe.digest, fingerprint])
+        found = _read_memo(kernel_memo)
+        if found is None:
+            name = kernel_package(suite, recipe)
+            found = {name: suite.version(name)}
+            _write_atomic(kernel_memo, json.dumps(found))
+        kernel = next(iter(found))
+        packages = {**packages, **found}
+    return Resolution(dict(sorted(packages.items())), kernel)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -496,3 +496,63 @@ def test_configure_writes_init_keys_and_etc(tmp_path: Path) -> None:
 def test_init_script_parses() -> None:
     result = subprocess.run(["sh", "-n", str(rootfs.INIT_SCRIPT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- package resolution
+
+
+class FakeSuite:
+    """Stands in for DebianSuite: records every query."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "lists").mkdir(parents=True, exist_ok=True)
+        (root / "lists/Packages").write_text("v1")
+        self.queries: list[str] = []
+        self.versions = {"busybox": "1.0", "libc6": "2.41", "linux-image-6.12.9+deb13-amd64-unsigned": "6.12.9-1"}
+
+    def update(self) -> None:
+        pass
+
+    def closure(self, roots, exclude):
+        self.queries.append("closure")
+        return ["busybox", "libc6"]
+
+    def depends(self, name):
+        self.queries.append(f"depends {name}")
+        return ["linux-image-6.12.9+deb13-amd64"]
+
+    def version(self, name):
+        self.queries.append(f"version {name}")
+        return self.versions[name]
+
+
+def test_resolution_is_remembered_until_lists_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from guest_images import resolve as resolve_mod
+
+    monkeypatch.setenv("KVMH_CACHE", str(tmp_path / "cache"))
+    suite = FakeSuite(tmp_path / "apt")
+    r = recipe.load_recipe("x86_64")
+    first = resolve_mod.resolve(r, suite=suite)
+    assert first.kernel_package == "linux-image-6.12.9+deb13-amd64-unsigned"
+    assert first.packages == {"busybox": "1.0", "libc6": "2.41", first.kernel_package: "6.12.9-1"}
+    assert first.userland() == ["busybox", "libc6"]
+    asked = len(suite.queries)
+    assert resolve_mod.resolve(r, suite=suite) == first
+    assert len(suite.queries) == asked, "a second resolution must not query apt"
+    userland_only = resolve_mod.resolve(r, suite=suite, with_kernel=False)
+    assert userland_only.kernel_package is None and len(suite.queries) == asked
+    suite.versions["busybox"] = "1.1"
+    (suite.root / "lists/Packages").write_text("v2 with a new busybox")
+    again = resolve_mod.resolve(r, suite=suite)
+    assert again.packages["busybox"] == "1.1"
+    key = builder.inputs_key(r, (), None)
+    assert builder.image_hash(key, again) != builder.image_hash(key, first)
+
+
+def test_kernel_package_pattern_must_match(tmp_path: Path) -> None:
+    from guest_images import resolve as resolve_mod
+
+    suite = FakeSuite(tmp_path / "apt")
+    with pytest.raises(InfrastructureError, match="no package matching linux-image-6.12"):
+        resolve_mod.kernel_package(suite, recipe.load_recipe("s390x"))
