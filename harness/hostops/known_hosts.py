@@ -11,13 +11,13 @@ from typing import Optional
 
 import paramiko
 
-from ..errors import InfrastructureError
+from ..transport.ssh import SshError
 
 log = logging.getLogger(__name__)
 
 
-class HostKeyError(InfrastructureError):
-    """The host's key is unknown or does not match the known one."""
+class HostKeyError(SshError):
+    """The host's key is unknown or does not match the known one (never retried)."""
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -35,13 +35,34 @@ def default_known_hosts() -> Path:
     return Path.home() / ".ssh" / "known_hosts"
 
 
-def load_known_hosts(client: paramiko.SSHClient, path: Path) -> None:
-    """Load ``path`` into the client's host keys (a missing file is an empty one); never saved back."""
-    if path.is_file():
+def load_known_hosts(keys: paramiko.HostKeys, path: Path) -> int:
+    """Add the usable entries of an OpenSSH known_hosts file to ``keys``; return how many were read.
+
+    Lines paramiko cannot parse (markers such as ``@cert-authority``, unknown key types, damaged
+    lines) are skipped instead of failing the whole file, as OpenSSH does.
+    """
+    count = 0
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return 0
+    except OSError as err:
+        raise HostKeyError(f"cannot read known_hosts file {path}: {err.strerror or err}") from None
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#") or text.startswith("@"):
+            continue
         try:
-            client.get_host_keys().load(str(path))
-        except (OSError, paramiko.SSHException) as err:
-            raise HostKeyError(f"cannot read known_hosts file {path}: {err}") from None
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(text, lineno)
+        except Exception as err:  # noqa: BLE001 - paramiko raises several types for bad lines
+            log.debug("%s:%d skipped: %s", path, lineno, err)
+            continue
+        if entry is None or entry.key is None:
+            continue
+        for name in entry.hostnames:
+            keys.add(name, entry.key.get_name(), entry.key)
+            count += 1
+    return count
 
 
 def append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
