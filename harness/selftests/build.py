@@ -342,9 +342,9 @@ def _copy_sources(tree: Path, files: Sequence[Path], dest: Path) -> None:
 
 def _build_into(entry: Path, inputs: _Inputs, jobs: int) -> None:
     """Copy the sources, add ours, run make, and write the manifest; the entry appears complete or not at all."""
+    for stale in entry.parent.glob(entry.name + ".partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     work = entry.with_name(entry.name + f".partial-{os.getpid()}")
-    if work.exists():
-        shutil.rmtree(work)
     if entry.exists():
         shutil.rmtree(entry)
     src, out = work / "src", work / "out"

@@ -152,8 +152,8 @@ def judge(actual: str, reason: str = "", expectation: Optional[Expectation] = No
     want = expectation.outcome
     why = f' ("{expectation.reason}")' if expectation.reason else ""
     if actual in ("crashed", "error"):
-        return Verdict("failed", f"{_describe(actual, reason)}; expected {want}{why}: a crash is never expected",
-                       expectation)
+        note = f" (expected {want}{why}; a crash is never expected)"
+        return Verdict("failed", _describe(actual, reason, note), expectation)
     if actual in ("pass", "xpass"):
         if want in ("fail", "timeout"):
             return Verdict("failed", f"XPASS(strict): expected {want}{why} but it passed: "
@@ -165,7 +165,7 @@ def judge(actual: str, reason: str = "", expectation: Optional[Expectation] = No
         return base
     if actual == want:
         return Verdict("xfailed", f"known {want}{why}: {_first_line(reason) or actual}", expectation)
-    return Verdict("failed", f"{_describe(actual, reason)}; expected {want}{why}", expectation)
+    return Verdict("failed", _describe(actual, reason, f" (expected {want}{why})"), expectation)
 
 
 def _plain(actual: str, reason: str) -> Verdict:
@@ -180,9 +180,9 @@ def _plain(actual: str, reason: str) -> Verdict:
     return Verdict("failed", _describe(actual, reason))
 
 
-def _describe(actual: str, reason: str) -> str:
+def _describe(actual: str, reason: str, note: str = "") -> str:
     words = {"fail": "failed", "error": "error", "crashed": "crashed", "timeout": "timed out"}
-    text = words.get(actual, actual)
+    text = words.get(actual, actual) + note
     return f"{text}: {reason}" if reason else text
 
 
