@@ -203,7 +203,6 @@ def build_kernel(tree: Path, series: Series = EMPTY, arch: str = "s390x",
     the base alone is built first (once; the series build is then incremental) so that warnings the
     series introduces can be told apart.
     """
-    toolchain = detect_toolchain(arch)
     config = config or ConfigRequest.for_arch(arch)
     if config.arch != arch:
         raise KernelInputError(f"config is for {config.arch} but the build is for {arch}: make them match")
@@ -214,20 +213,21 @@ def build_kernel(tree: Path, series: Series = EMPTY, arch: str = "s390x",
         repo = open_repo(tree)
         base_sha = resolve_base(repo, base or series.base)
         repo_key = repo.key
+    toolchain = detect_toolchain(arch)
     p = plan(repo_key, base_sha, config.hash, toolchain, series.hash)
     hit = cached_build(p)
     if hit is not None:
         log.info("kernel for %s already built: %s", arch, hit.image)
         return hit
-    if compare_with_base and series.patches and not in_place:
-        base_plan = plan(repo_key, base_sha, config.hash, toolchain, EMPTY.hash)
-        if cached_build(base_plan) is None and not base_plan.obj.exists():
-            log.info("building the base %s first to tell the series' new warnings apart", base_sha[:12])
-            build_kernel(tree, EMPTY, arch, config, base_sha, jobs, compare_with_base=False)
     if in_place:
         return _build(prepared, p, config, toolchain, jobs)
     with repo_lock(repo):
-        prepared = prepare(tree, series, base_sha)
+        prepared = prepare(tree, series, base_sha)  # a series that does not apply stops here, before any make
+        base_plan = plan(repo_key, base_sha, config.hash, toolchain, EMPTY.hash)
+        if compare_with_base and series.patches and cached_build(base_plan) is None and not base_plan.obj.exists():
+            log.info("building the base %s first to tell the series' new warnings apart", base_sha[:12])
+            _build(prepare(tree, EMPTY, base_sha), base_plan, config, toolchain, jobs)
+            prepared = prepare(tree, series, base_sha)
         return _build(prepared, p, config, toolchain, jobs)
 
 

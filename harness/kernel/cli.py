@@ -38,10 +38,9 @@ def build(tree: Optional[Path], series: Optional[str] = None, arch: str = "s390x
 
 def build_main(tree: Union[Path, argparse.Namespace, None] = None, series: Optional[str] = None,
                arch: str = "s390x", config: Optional[Path] = None, fragments: Sequence[Path] = (),
-               debug: bool = False, base: Optional[str] = None) -> int:
+               debug: bool = False, base: Optional[str] = None, in_place: bool = False,
+               jobs: Optional[int] = None) -> int:
     """``kvmh build``: print the image path and kernel release; also accepts the parsed argparse namespace."""
-    in_place = False
-    jobs = None
     if isinstance(tree, argparse.Namespace):
         args = tree
         tree, series, arch = args.tree, args.series, getattr(args, "arch", "s390x")

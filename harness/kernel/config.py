@@ -80,6 +80,7 @@ class ConfigRequest:
     arch: str
     start: str = "tinyconfig"  # tinyconfig | defconfig | path to a .config or config.gz
     fragments: tuple[Fragment, ...] = ()
+    start_config: str = ""  # the starting .config's text, read when the request is made
 
     @classmethod
     def for_arch(cls, arch: str, start: Optional[str] = None, user_fragments: Sequence[Union[str, Path]] = (),
@@ -94,11 +95,12 @@ class ConfigRequest:
                 raise ConfigError(f"starting config {start} does not exist: pass tinyconfig, defconfig or a "
                                   ".config file")
             start = str(path.resolve())
+            return cls(arch=arch, start=start, fragments=tuple(frags), start_config=read_config_text(path))
         return cls(arch=arch, start=start, fragments=tuple(frags))
 
     def start_text(self) -> str:
-        if self.start in STARTS:
-            return ""
+        if self.start in STARTS or self.start_config:
+            return self.start_config
         return read_config_text(Path(self.start))
 
     @property

@@ -262,7 +262,8 @@ def prepare_in_place(tree: Path, series: Series = EMPTY) -> PreparedSource:
                                "(the tree is imported into the cache)")
     dirty = _uncommitted(tree)
     if dirty:
-        raise KernelInputError(f"{tree} has uncommitted changes ({len(dirty)} files, e.g. {dirty[0]}): "
+        files = f"{len(dirty)} file{'s' if len(dirty) != 1 else ''}"
+        raise KernelInputError(f"{tree} has uncommitted changes ({files}, e.g. {dirty[0]}): "
                                "commit or stash them, or drop --in-place")
     _refuse_in_tree_build(tree, "drop --in-place")
     head = _out(_run_git(["-C", str(tree), "rev-parse", "HEAD"], check=True))
@@ -280,7 +281,7 @@ def _refuse_in_tree_build(tree: Path, alternative: str) -> None:
 
 def _uncommitted(tree: Path) -> list[str]:
     proc = _run_git(["-C", str(tree), "status", "--porcelain", "--untracked-files=no"], check=True)
-    return [line[3:] for line in _out(proc).splitlines() if line.strip()]
+    return [line[3:] for line in proc.stdout.decode(errors="replace").splitlines() if line.strip()]
 
 
 def _warn_uncommitted(tree: Path) -> None:
