@@ -137,11 +137,18 @@ class HostSshClient(SshClient):
         channel.close()
         return status, reader.stdout(), reader.stderr(), time.monotonic() - start, timed_out
 
-    def connect_until(self, deadline: float) -> None:
-        """Connect, retrying reachability failures until ``deadline``; one-line errors."""
+    def connect_until(self, deadline: float, *, retry: bool = True) -> None:
+        """Connect, retrying reachability failures until ``deadline`` (only once with ``retry=False``)."""
         self.last_error = ""
+        attempts = [0]
+
+        def check() -> None:
+            attempts[0] += 1
+            if not retry and attempts[0] > 1:
+                raise HostUnreachable(f"cannot reach {self.host}:{self.port}: {self.last_error or 'no SSH answer'}")
+
         try:
-            self.connect(deadline)
+            self.connect(deadline, check=check)
         except BootError:
             reason = self.last_error or "no SSH answer"
             raise HostUnreachable(f"cannot reach {self.host}:{self.port}: {reason}") from None
@@ -199,7 +206,7 @@ class SshHostTarget(Target):
 
     def start(self) -> None:
         if not self.client.connected:
-            self.client.connect_until(time.monotonic() + self.connect_timeout)
+            self.client.connect_until(time.monotonic() + self.connect_timeout, retry=False)
         if not self.arch:
             self.arch = self.run("uname -m", timeout=60).stdout.strip()
 

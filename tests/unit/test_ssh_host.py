@@ -94,6 +94,7 @@ class FakeSshd:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
         self.sock.listen(8)
+        self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.transports: list[paramiko.Transport] = []
         self._stop = False
@@ -104,8 +105,11 @@ class FakeSshd:
         while not self._stop:
             try:
                 conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
+            conn.settimeout(None)
             transport = paramiko.Transport(conn)
             transport.add_server_key(self.host_key)
             self.transports.append(transport)
