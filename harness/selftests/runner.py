@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import posixpath
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,31 @@ class ProgramRun:
     @property
     def outcome(self) -> Outcome:
         return self.result.outcome
+
+
+_UNKNOWN_SKIP = ("", "unknown")
+_SKIP_ALL_RE = re.compile(r"^(?:#\s*)?1\.\.0\s*#\s*SKIP\s*(?:-\s*)?(.*)$", re.IGNORECASE)
+
+
+def explain_unknown_skips(result: TestResult) -> None:
+    """Replace the kselftest harness's ``# SKIP unknown`` by the reason the test printed itself.
+
+    A kselftest_harness test whose setup calls ``ksft_exit_skip()`` (KVM's TEST_REQUIRE, e.g. no
+    /dev/kvm) is reported as ``ok N name # SKIP unknown``; its own ``1..0 # SKIP reason`` line is a
+    diagnostic of that test. The program's reason follows when it was ``unknown`` too.
+    """
+    for sub in result.walk():
+        if sub.outcome is not Outcome.SKIP or sub.reason.strip() not in _UNKNOWN_SKIP:
+            continue
+        for line in sub.diagnostics + sub.log:
+            match = _SKIP_ALL_RE.match(line.strip())
+            if match and match.group(1).strip():
+                sub.reason = match.group(1).strip()
+                break
+    if result.outcome is Outcome.SKIP and result.reason.strip() in _UNKNOWN_SKIP:
+        explained = [s.reason for s in result.subtests if s.outcome is Outcome.SKIP and s.reason not in _UNKNOWN_SKIP]
+        if explained:
+            result.reason = explained[0]
 
 
 def select_programs(programs: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
@@ -180,6 +206,7 @@ class SelftestRunner:
         output = res.stdout + (("\n" + res.stderr) if res.stderr.strip() else "")
         status = None if res.timed_out else res.exit_status
         result = program_result(program, output, status, timed_out=res.timed_out)
+        explain_unknown_skips(result)
         if res.timed_out:
             result.reason = f"timeout after {timeout:g} s; " + result.reason
         log.info("%s: %s in %.1f s", program, result.outcome.value, duration)

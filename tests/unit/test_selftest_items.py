@@ -200,6 +200,7 @@ def test_every_program_and_subtest_is_reported(suite):
     assert kind == "skipped" and message.endswith("Cannot open /dev/kvm: No such file or directory")
     kind, message = _kind(_case(cases, "s390x/ucontrol_test"))
     assert kind == "skipped", "ucontrol_test exits 0 but skipped everything: the totals decide"
+    assert message == "Cannot open /dev/kvm: No such file or directory", "not the harness's 'unknown'"
     kind, message = _kind(_case(cases, "x86_64/cpuid_test"))
     assert kind == "failure"
     assert "CPUID 0x1.0 differ" in message and "cpuid_test.c:94" in message
@@ -211,7 +212,8 @@ def test_every_program_and_subtest_is_reported(suite):
     timeout_text = _case(cases, "dirty_log_test").result[0].text
     assert "Testing guest mode: PA-bits:52" in timeout_text
     # subtests, each with its own verdict and the program's own skip reason
-    assert _kind(_case(cases, "s390x/ucontrol_test", "uc_kvm.uc_gprs")) == ("skipped", "unknown")
+    assert _kind(_case(cases, "s390x/ucontrol_test", "uc_kvm.uc_gprs")) == \
+        ("skipped", "Cannot open /dev/kvm: No such file or directory")
     assert _kind(_case(cases, "s390x/async_teardown_test", "pv.prepare_perform"))[0] == "passed"
     kind, message = _kind(_case(cases, "s390x/async_teardown_test", "pv.small_vm"))
     assert kind == "failure" and "Expected -1 (-1) == res.ret (0)" in message
@@ -391,3 +393,16 @@ def test_runner_command_dmesg_and_budget():
     assert summary.line() == "1 harness-skip, 2 pass in 4.0 s"
     with pytest.raises(KeyError):
         runner.run("not-built")
+
+
+def test_unknown_harness_skips_get_the_printed_reason():
+    from harness.selftests.ktap import program_result
+
+    result = program_result("s390x/ucontrol_test", UCONTROL, 0)
+    assert result.outcome is Outcome.SKIP
+    sr.explain_unknown_skips(result)
+    assert result.reason == "Cannot open /dev/kvm: No such file or directory"
+    assert [s.reason for s in result.subtests] == ["Cannot open /dev/kvm: No such file or directory"] * 2
+    plain = program_result("p", "TAP version 13\n1..1\nok 1 a # SKIP unknown\n", 0)
+    sr.explain_unknown_skips(plain)
+    assert plain.subtests[0].reason == "unknown", "nothing better was printed"
