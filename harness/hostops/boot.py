@@ -23,6 +23,8 @@ _DROPPED = ("BOOT_IMAGE=", "initrd=", f"{TOKEN_PARAM}=")
 # One kernel parameter: runs of non-blanks where double-quoted parts may hold blanks (the kernel's rule).
 _PARAM = re.compile(r'(?:[^\s"]+|"[^"]*")+')
 SAME_BOOT_GRACE_S = {"kexec-e": 90.0, "systemctl": 240.0, "reboot": 600.0}
+FIRST_WAIT_S = 2.0  # let the old kernel go down before the first reconnect attempt
+POLL_S = 3.0  # between checks while the old kernel still answers
 _BANNER = re.compile(rb"(\d+\.\d+(?:\.\d+)?[^\s\x00()]*) \([^()\x00\s]*@[^()\x00]*\)[^\x00\n]*?(#\d+[^\x00\n]*)")
 
 
@@ -85,7 +87,7 @@ def wait_for_new_boot(target: Target, old_boot_id: str, deadline: float, style: 
     if reconnect is None:
         raise InfrastructureError(f"{target.spec} cannot reconnect after a reboot: use an ssh:// target")
     grace_end = time.monotonic() + SAME_BOOT_GRACE_S.get(style, 120.0)
-    time.sleep(2.0)
+    time.sleep(FIRST_WAIT_S)
     last_error = "no answer"
     while True:
         now = time.monotonic()
@@ -105,7 +107,7 @@ def wait_for_new_boot(target: Target, old_boot_id: str, deadline: float, style: 
             raise _SameBoot(f"{target.spec} still runs the old kernel (boot id unchanged) "
                             f"{SAME_BOOT_GRACE_S.get(style, 120.0):.0f} s after the reboot was started")
         log.debug("%s still answers with the old boot id; waiting", target.spec)
-        time.sleep(3.0)
+        time.sleep(POLL_S)
 
 
 class _NotBack(InfrastructureError):

@@ -5,7 +5,7 @@ kernel then boots with the same root tree, including its SSH host key, authorize
 just installed and the install record. Other mounts (/proc, /sys, /dev, /run, /tmp) are kept as empty
 directories; ``/dev/console`` is added so the kernel can open a console before /init runs.
 
-Usage: python3 - OUTPUT [EXCLUDED_PATH ...]
+Usage: python3 - [--root=DIR] OUTPUT [EXCLUDED_PATH ...]   (--root, default /, is for tests)
 """
 
 import os
@@ -52,13 +52,13 @@ class Writer:
         self.header("TRAILER!!!", 0, 0)
 
 
-def walk(writer, excluded):
-    root_dev = os.lstat("/").st_dev
+def walk(writer, root, excluded):
+    root_dev = os.lstat(root).st_dev
     seen_console = False
     stack = [""]
     while stack:
         rel = stack.pop()
-        directory = "/" + rel
+        directory = os.path.join(root, rel)
         for entry in sorted(os.listdir(directory), reverse=True):
             path = os.path.join(directory, entry)
             name = (rel + "/" + entry) if rel else entry
@@ -79,14 +79,18 @@ def walk(writer, excluded):
 
 
 def main(argv):
-    output = argv[1]
-    excluded = set(os.path.abspath(p) for p in argv[2:])
+    args = argv[1:]
+    root = "/"
+    if args and args[0].startswith("--root="):
+        root = os.path.abspath(args.pop(0)[len("--root="):])
+    output = args[0]
+    excluded = set(os.path.join(root, os.path.abspath(p).lstrip("/")) for p in args[1:])
     excluded.add(os.path.abspath(output))
     tmp = output + ".part"
     excluded.add(os.path.abspath(tmp))
     with open(tmp, "wb") as out:
         writer = Writer(out)
-        if not walk(writer, excluded):
+        if not walk(writer, root, excluded):
             writer.header("dev/console", stat.S_IFCHR | 0o600, 0, rdev=(5, 1))
         writer.trailer()
     os.rename(tmp, output)
