@@ -386,9 +386,11 @@ def fingerprint(kind: str, block: list[str], trace: list[str]) -> str:
     fault = _fault_function(block)
     if fault and not _is_generic(fault):
         funcs.append(fault)
-    for line in trace:
-        frame = _parse_frame(line)
-        if frame is None or not frame.reliable or frame.inline or _is_generic(frame.func):
+    frames = [f for f in (_parse_frame(line) for line in trace) if f is not None]
+    # Old unwinders mark every frame "?"; only then are "?" frames used at all.
+    use_unreliable = not any(f.reliable for f in frames)
+    for frame in frames:
+        if (not frame.reliable and not use_unreliable) or frame.inline or _is_generic(frame.func):
             continue
         if frame.func in funcs:
             continue

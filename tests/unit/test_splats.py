@@ -224,3 +224,33 @@ def test_unrelated_text_is_not_a_splat() -> None:
         ]
     )
     assert find_splats(text) == []
+
+
+def test_old_unwinder_with_only_question_mark_frames() -> None:
+    text = (
+        "[ 2779.988000] WARNING: CPU: 0 PID: 2372 at kernel/module.c:1108 module_put+0x8e/0xa0\n"
+        "[ 2779.988038] Call Trace:\n"
+        "[ 2779.988044]  [<ffffffff8972a1f5>] ? dump_stack+0x5c/0x77\n"
+        "[ 2779.988048]  [<ffffffff89477884>] ? __warn+0xc4/0xe0\n"
+        "[ 2779.988051]  [<ffffffff894fe3be>] ? module_put+0x8e/0xa0\n"
+        "[ 2779.988060]  [<ffffffffc0dccb0c>] ? dvb_ca_en50221_io_release+0x4c/0x90 [dvb_core]\n"
+        "[ 2779.988064]  [<ffffffff89605b0d>] ? __fput+0xcd/0x1e0\n"
+        "[ 2779.988081] ---[ end trace c675cdf08c26442d ]---\n"
+    )
+    (splat,) = find_splats(text)
+    assert splat.fingerprint == "warning:module_put|dvb_ca_en50221_io_release|__fput"
+
+
+def test_decoded_stacktrace_frames() -> None:
+    text = (
+        "[   61.631030][  T538] BUG: sleeping function called from invalid context at kernel/locking/mutex.c:584\n"
+        "[   61.646331][  T538] Call Trace:\n"
+        "[ 61.646977][ T538] dump_stack_lvl (lib/dump_stack.c:107) \n"
+        "[ 61.648692][ T538] __might_resched.cold (kernel/sched/core.c:9000) \n"
+        "[ 61.648700][ T538] __mutex_lock (kernel/locking/mutex.c:584) \n"
+        "[ 61.648701][ T538] find_lock_task_mm (mm/oom_kill.c:145) \n"
+        "[ 61.648702][ T538] oom_kill_process (mm/oom_kill.c:1000) \n"
+        "[ 61.648703][ T538] out_of_memory (mm/oom_kill.c:1100) \n"
+    )
+    (splat,) = find_splats(text)
+    assert splat.fingerprint == "bug:find_lock_task_mm|oom_kill_process|out_of_memory"
