@@ -613,3 +613,58 @@ def test_zipl_on_a_host_that_is_not_s390x(layout: HostLayout, tmp_path: Path) ->
     host = _fake_host(layout, tmp_path, arch="x86_64")
     with pytest.raises(InfrastructureError, match="--zipl is for s390x hosts"):
         install_kernel(host, x86_bzimage(tmp_path / "bzImage"), method="zipl", layout=layout)
+
+
+# ---------------------------------------------------------------- nested QEMU on the host
+
+
+def test_nested_skip_reasons() -> None:
+    from harness.hostops.nested import NestedHostInfo, nested_skip_reason
+
+    assert nested_skip_reason(NestedHostInfo("s390x", False, "/usr/bin/qemu-system-s390x", 4)) == \
+        "host has no /dev/kvm"
+    assert "no qemu-system-s390x" in nested_skip_reason(NestedHostInfo("s390x", True, "", 4))
+    assert "needs s390x" in nested_skip_reason(NestedHostInfo("x86_64", True, "/q", 4))
+    assert nested_skip_reason(NestedHostInfo("s390x", True, "/usr/bin/qemu-system-s390x", 4)) is None
+
+
+def test_nested_probe_on_this_machine_gives_a_reason_or_none() -> None:
+    from harness.hostops.nested import nested_skip_reason, probe_nested
+
+    info = probe_nested(LocalTarget())
+    assert info.arch == os.uname().machine and info.cpus >= 1
+    assert (nested_skip_reason(info) is None) == (info.arch == "s390x" and info.kvm and bool(info.qemu))
+
+
+def test_nested_qemu_command_line_is_the_qemu_targets_with_kvm_and_a_console_file() -> None:
+    from harness.hostops.nested import nested_qemu_argv
+    from harness.targets.spec import TargetOptions
+
+    argv = nested_qemu_argv("s390x", TargetOptions(memory_mb=1024, extra_cmdline="kvmh.x=1"),
+                            "/var/tmp/kvmh-nested/g.1", 41234, host_cpus=16, binary="/usr/bin/qemu-system-s390x")
+    assert argv[0] == "/usr/bin/qemu-system-s390x"
+    assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
+    assert argv[argv.index("-machine") + 1] == "s390-ccw-virtio"
+    assert argv[argv.index("-chardev") + 1] == "file,id=con0,path=/var/tmp/kvmh-nested/g.1/console.log"
+    assert "hostfwd=tcp:127.0.0.1:41234-:22" in argv[argv.index("-netdev") + 1]
+    assert argv[argv.index("-kernel") + 1] == "/var/tmp/kvmh-nested/g.1/vmlinuz"
+    assert argv[argv.index("-initrd") + 1] == "/var/tmp/kvmh-nested/g.1/initrd.img"
+    assert argv[argv.index("-smp") + 1] == "16" and argv[argv.index("-m") + 1] == "1024"
+    assert "kvmh.x=1" in argv[argv.index("-append") + 1] and "-no-reboot" in argv
+
+
+def test_nested_target_refuses_a_host_without_kvm(tmp_path: Path) -> None:
+    from harness.hostops.nested import NestedQemuTarget
+
+    class NoKvmHost(LocalTarget):
+        def run(self, command: str, timeout: float = 60.0, **kw):  # type: ignore[no-untyped-def]
+            if command.startswith("echo arch="):
+                return CommandResult(command, 0, "arch=s390x\nkvm=no\nqemu=/usr/bin/qemu-system-s390x\ncpus=2\n",
+                                     "", 0.0)
+            raise AssertionError(f"nothing may run on the host after the probe: {command}")
+
+    host = NoKvmHost("ssh://root@lpar:22")
+    nested = NestedQemuTarget(host, image=None)
+    assert nested.skip_reason() == "host has no /dev/kvm"
+    with pytest.raises(InfrastructureError, match="cannot run a nested guest on ssh://root@lpar:22: host has no"):
+        nested.start()
