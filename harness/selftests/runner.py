@@ -25,6 +25,60 @@ from .ktap import Outcome, TestResult, program_result
 log = logging.getLogger(__name__)
 
 REMOTE_DIR = "/tmp/kvmh-selftests"
+TIMEOUT_MARK = "kvmh-supervisor: timeout after"
+KILL_GRACE_S = 30.0
+"""Extra seconds the target's own timeout allows on top of the supervisor's."""
+
+# Runs a program in a new session, enforces its timeout, and afterwards kills whatever is left of
+# the session: kselftest_harness moves each test into its own process group (setpgrp), so killing
+# the program's process group would leave a test child spinning in KVM_RUN forever.
+_SUPERVISOR = r"""
+import os, signal, sys, time
+limit = float(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.dup2(1, 2)
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as err:
+        sys.stdout.write('kvmh-supervisor: cannot run %s: %s\n' % (sys.argv[2], err))
+        sys.stdout.flush()
+        os._exit(127)
+def sweep():
+    for name in os.listdir('/proc'):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open('/proc/%s/stat' % name) as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == pid:
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+deadline = time.monotonic() + limit
+status = None
+while status is None:
+    done, st = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status = st
+    elif time.monotonic() > deadline:
+        sweep()
+        os.waitpid(pid, 0)
+        sweep()
+        sys.stdout.write('\nkvmh-supervisor: timeout after %g s\n' % limit)
+        sys.stdout.flush()
+        os._exit(124)
+    else:
+        time.sleep(0.05)
+sweep()
+if os.WIFSIGNALED(status):
+    os._exit(128 + os.WTERMSIG(status))
+os._exit(os.WEXITSTATUS(status))
+"""
 TCG_TIMEOUT_FACTOR = 4.0
 HARNESS_SKIP_PREFIX = "not run by the harness: "
 
@@ -62,6 +116,16 @@ class ProgramRun:
     @property
     def outcome(self) -> Outcome:
         return self.result.outcome
+
+
+def _strip_timeout_mark(output: str, exit_status: int) -> tuple[str, bool]:
+    """Remove the supervisor's timeout line; True when it timed the program out."""
+    if exit_status != 124:
+        return output, False
+    head, sep, _ = output.rpartition("\n" + TIMEOUT_MARK)
+    if not sep:
+        return output, False
+    return head + "\n", True
 
 
 _UNKNOWN_SKIP = ("", "unknown")
@@ -129,6 +193,7 @@ class SelftestRunner:
         self._deployed: set[str] = set()
         self._prepared = False
         self._stdbuf = False
+        self._python = False
         self.spent_s = 0.0
 
     # -- placement -----------------------------------------------------------------------------
@@ -149,6 +214,10 @@ class SelftestRunner:
         self._stdbuf = self.target.has_command("stdbuf")
         if not self._stdbuf:
             log.info("%s has no stdbuf: a killed program may lose its buffered output", self.target.spec)
+        self._python = self.target.has_command("python3")
+        if not self._python:
+            log.warning("%s has no python3: a timed-out selftest's forked children may outlive it",
+                        self.target.spec)
         self._prepared = True
 
     def deploy(self, program: str) -> None:
@@ -176,8 +245,11 @@ class SelftestRunner:
         return self.options.budget_s - self.spent_s
 
     # -- running -------------------------------------------------------------------------------
-    def command_for(self, program: str) -> str:
+    def command_for(self, program: str, timeout: float) -> str:
+        """The shell command running one program (under the supervisor when the target has python3)."""
         prefix = "stdbuf -oL -eL " if self._stdbuf else ""
+        if self._python:
+            prefix = f"python3 -c {shlex.quote(_SUPERVISOR)} {timeout:g} {prefix}"
         return f"cd {shlex.quote(self.root)} && exec {prefix}./{shlex.quote(program)} 2>&1"
 
     def skipped(self, program: str, why: str) -> ProgramRun:
@@ -197,17 +269,19 @@ class SelftestRunner:
         timeout = self.program_timeout()
         read_log = self.options.capture_dmesg and self.target.kind != "model"
         cursor = self._cursor() if read_log else None
-        command = self.command_for(program)
+        command = self.command_for(program, timeout)
         started = self._clock()
-        res: CommandResult = self.target.run(command, timeout=timeout)
+        res: CommandResult = self.target.run(command, timeout=timeout + KILL_GRACE_S if self._python else timeout)
         duration = self._clock() - started
         self.spent_s += duration
         dmesg = self._since(cursor) if cursor is not None else ""
         output = res.stdout + (("\n" + res.stderr) if res.stderr.strip() else "")
-        status = None if res.timed_out else res.exit_status
-        result = program_result(program, output, status, timed_out=res.timed_out)
+        output, supervised_timeout = _strip_timeout_mark(output, res.exit_status)
+        timed_out = res.timed_out or supervised_timeout
+        status = None if timed_out else res.exit_status
+        result = program_result(program, output, status, timed_out=timed_out)
         explain_unknown_skips(result)
-        if res.timed_out:
+        if timed_out:
             result.reason = f"timeout after {timeout:g} s; " + result.reason
         log.info("%s: %s in %.1f s", program, result.outcome.value, duration)
         return ProgramRun(program=program, result=result, timeout_s=timeout, duration_s=duration,

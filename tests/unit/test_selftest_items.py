@@ -380,14 +380,15 @@ def test_runner_command_dmesg_and_budget():
     runner = sr.SelftestRunner(target, _build(), sr.RunOptions(budget_s=3.0), clock=clock)
     first = runner.run("b/c")
     assert first.outcome is Outcome.PASS
-    assert first.command == "cd /tmp/kvmh-selftests/k && exec stdbuf -oL -eL ./b/c 2>&1"
+    assert first.command.startswith("cd /tmp/kvmh-selftests/k && exec python3 -c ")
+    assert first.command.endswith(" 120 stdbuf -oL -eL ./b/c 2>&1")
     assert first.dmesg == "kvm: some message"
     assert first.duration_s == 2.0
     second = runner.run("a")
     assert second.outcome is Outcome.PASS
     third = runner.run("a")
     assert third.harness_skip and third.outcome is Outcome.SKIP and "budget of 3 s" in third.result.reason
-    assert target.timeouts == [120.0, 120.0]
+    assert target.timeouts == [120.0 + sr.KILL_GRACE_S] * 2
     summary = sr.RunSummary.of([first, second, third])
     assert summary.counts == {"pass": 2, "harness-skip": 1}
     assert summary.line() == "1 harness-skip, 2 pass in 4.0 s"
@@ -406,3 +407,40 @@ def test_unknown_harness_skips_get_the_printed_reason():
     plain = program_result("p", "TAP version 13\n1..1\nok 1 a # SKIP unknown\n", 0)
     sr.explain_unknown_skips(plain)
     assert plain.subtests[0].reason == "unknown", "nothing better was printed"
+
+
+def _state_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_timeout_kills_children_that_left_the_process_group(tmp_path):
+    """kselftest_harness puts each test in its own process group: the supervisor kills the whole session."""
+    import shutil
+    import sys
+
+    from harness.targets.local import LocalTarget
+
+    if shutil.which("python3") is None:
+        pytest.skip("python3 is not on PATH")
+    prog = tmp_path / "prog"
+    prog.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "TAP version 13"
+        echo "1..1"
+        {sys.executable} -c 'import os, time; os.setpgrp(); print("child", os.getpid(), flush=True); time.sleep(600)' &
+        sleep 600
+        """))
+    prog.chmod(0o755)
+    build = SelftestBuild(arch="x86_64", tree=tmp_path, out_dir=tmp_path, programs=("prog",), timeout_s=1.0,
+                          key="k", compiler="gcc", tree_id="t")
+    run = sr.SelftestRunner(LocalTarget(), build, sr.RunOptions(capture_dmesg=False)).run("prog")
+    assert run.outcome is Outcome.TIMEOUT
+    assert run.result.reason.startswith("timeout after 1 s")
+    assert sr.TIMEOUT_MARK not in run.output
+    child = int(next(line for line in run.output.splitlines() if line.startswith("child")).split()[1])
+    assert _state_of(child) in ("gone", "Z"), "the test child outlived its program's timeout"
+    assert run.duration_s < 20
