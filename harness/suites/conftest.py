@@ -1,0 +1,59 @@
+"""Fixtures of the shipped KVM suites: the probed capabilities, scenario running, model-result labels."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.kvm.caps import Capabilities
+from harness.kvm.probe import probe, pv_skip_reason
+from harness.kvm.runner import ScenarioResult, is_model, run_scenario
+from harness.kvm.scenarios import Scenario
+from harness.targets.base import Target
+
+
+@pytest.fixture(scope="session")
+def kvm_caps(kvm_target: Target) -> Capabilities:
+    """What the target offers (one agent call; the model target presents a PV-capable 6.12 host)."""
+    try:
+        return probe(kvm_target)
+    except HarnessError as err:
+        pytest.fail(f"capability probe failed on {kvm_target.spec}: {err}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def _model_suite_property(record_testsuite_property: Any) -> None:
+    record_testsuite_property("result_source", "model")
+
+
+@pytest.fixture(autouse=True)
+def _label_model_results(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On the model target, mark the suite and every test as model results (not kernel results)."""
+    if "kvm_target" in request.fixturenames and is_model(request.getfixturevalue("kvm_target")):
+        request.getfixturevalue("_model_suite_property")
+        request.node.user_properties.append(("results", "model result"))
+    yield
+
+
+@pytest.fixture
+def run_kvm_scenario(request: pytest.FixtureRequest, kvm_target: Target,
+                     kvm_caps: Capabilities) -> Callable[[Scenario], ScenarioResult]:
+    """Skip with the precise reason when the target lacks what the scenario needs; else run and assert it."""
+
+    def run(scenario: Scenario) -> ScenarioResult:
+        reason = pv_skip_reason(kvm_caps, scenario.needs)
+        if reason:
+            pytest.skip(reason)
+        result = run_scenario(kvm_target, scenario, kvm_caps)
+        request.node.add_report_section("call", "scenario", result.report())
+        request.node.user_properties.append(("scenario", scenario.name))
+        if scenario.fix:
+            request.node.user_properties.append(("pins_fix", scenario.fix))
+        for note in result.notes:
+            request.node.user_properties.append(("scenario_note", note))
+        result.assert_ok()
+        return result
+
+    return run
