@@ -181,6 +181,8 @@ def _plain(actual: str, reason: str) -> Verdict:
 
 
 def _describe(actual: str, reason: str, note: str = "") -> str:
+    if actual == "timeout" and reason.startswith("timeout after"):
+        return reason.replace(";", note + ";", 1) if note and ";" in reason else reason + note
     words = {"fail": "failed", "error": "error", "crashed": "crashed", "timeout": "timed out"}
     text = words.get(actual, actual) + note
     return f"{text}: {reason}" if reason else text

@@ -391,10 +391,12 @@ def _headline(text: str) -> str:
             location = f" ({where[0]}:{where[1]})" if len(where) >= 2 and where[1].strip().isdigit() else ""
             message = block[-1] if len(block) > 1 else block[0]
             return f"{prefix} {message}{location}".strip()[:300]
-    for line in lines:
-        if line:
-            return line[:300]
-    return "failed"
+    useful = [line for line in lines if line]
+    if not useful:
+        return "failed"
+    if useful[0].endswith("last output:") and len(useful) > 1:
+        return f"{useful[0]} {useful[-1]}"[:300]
+    return useful[0][:300]
 
 
 def _clip(text: str, limit: int) -> str:

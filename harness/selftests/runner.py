@@ -282,7 +282,8 @@ class SelftestRunner:
         result = program_result(program, output, status, timed_out=timed_out)
         explain_unknown_skips(result)
         if timed_out:
-            result.reason = f"timeout after {timeout:g} s; " + result.reason
+            rest = result.reason[len("timed out"):] if result.reason.startswith("timed out") else "; " + result.reason
+            result.reason = f"timeout after {timeout:g} s{rest}"
         log.info("%s: %s in %.1f s", program, result.outcome.value, duration)
         return ProgramRun(program=program, result=result, timeout_s=timeout, duration_s=duration,
                           exit_status=status, output=output, dmesg=dmesg, command=command)
