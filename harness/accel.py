@@ -32,13 +32,16 @@ def kvm_status(device: str = KVM_DEVICE) -> tuple[bool, str]:
     except OSError as err:
         return False, f"cannot open {device}: {err.strerror}"
     try:
-        version = fcntl.ioctl(fd, KVM_GET_API_VERSION, 0)
+        try:
+            version = fcntl.ioctl(fd, KVM_GET_API_VERSION, 0)
+        except OSError as err:
+            return False, f"{device} is not a KVM device: {err.strerror}"
         if version != KVM_API_VERSION:
             return False, f"{device} speaks KVM API {version}, not {KVM_API_VERSION}"
-        vm_fd = fcntl.ioctl(fd, KVM_CREATE_VM, 0)
-        os.close(vm_fd)
-    except OSError as err:
-        return False, f"{device} cannot create a VM: {err.strerror}"
+        try:
+            os.close(fcntl.ioctl(fd, KVM_CREATE_VM, 0))
+        except OSError as err:
+            return False, f"{device} cannot create a VM: {err.strerror}"
     finally:
         os.close(fd)
     return True, f"{device} works"

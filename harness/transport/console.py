@@ -8,10 +8,11 @@ is printed.  :meth:`Console.wait_for` waits for a pattern and fails fast on a pa
 of the process, on silence and on its deadline.
 
 :meth:`Console.run` runs a shell command on the console's shell.  Every line the command prints
-goes through ``sed`` and gets a prefix with a random token; the exit status follows an end
-marker.  Lines without the prefix are the shell's echo and prompts or kernel messages printed
-while the command ran, and are left out of the result.  The token is passed in a shell variable,
-so the echo of the typed line never contains a marker.
+goes through a shell ``read`` loop (``sed`` would hold back the last line) and gets a prefix with
+a random token; the exit status follows an end marker.  Lines without the prefix are the shell's
+echo and prompts or kernel messages printed while the command ran, and are left out of the
+result.  The token is passed in a shell variable, so the echo of the typed line never contains a
+marker.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ class Console:
                 self._log_file.flush()
             self._take(decoder.decode(data))
         self._take(decoder.decode(b"", final=True), final=True)
-        self.alive()  # reap, so the exit status is known
+        # The pty closes while the process exits; wait until it can be reaped so its status is known.
+        self.wait_exit(5.0)
         with self._cond:
             self._eof = True
             self._cond.notify_all()
@@ -311,9 +313,10 @@ class Console:
                 if self._eof:
                     if self.scanner.panicked:
                         raise self.scanner.panic_error(panic_when or f"while waiting for {what}", self.log_path)
+                    seen = (f"last console lines: {summarize(self.scanner.last_lines(20))}" if self.output_seen
+                            else "the guest printed nothing (is the kernel bootable on this machine?)")
                     raise ConsoleClosed(
-                        f"{self.process_label} exited ({self._exit_text()}) before {what}; "
-                        f"last console lines: {summarize(self.scanner.last_lines(20))}",
+                        f"{self.process_label} exited ({self._exit_text()}) before {what}; {seen}",
                         details="\n".join(self.scanner.last_lines(50)),
                     )
                 if silence is not None and now - self.last_output_at >= silence:
@@ -387,7 +390,8 @@ class Console:
             since = self.mark()
             self.sendline(
                 f"__kvmh={token}; {{ ( eval {shlex.quote(command)} ) 2>&1 </dev/null; "
-                f'echo "KVMH_E_${{__kvmh}} $?"; }} | sed "s/^/KVMH_O_${{__kvmh}}:/"'
+                f'echo "KVMH_E_${{__kvmh}} $?"; }} | '
+                f'while IFS= read -r __kvmh_l; do printf "KVMH_O_%s:%s\\n" "$__kvmh" "$__kvmh_l"; done'
             )
             end = re.compile(rf"KVMH_O_{token}:([^\n]*?)KVMH_E_{token} (\d+)\r*\n")
             try:
