@@ -266,7 +266,8 @@ def _build(recipe: Recipe, resolution: Resolution, user: Optional[UserKernel], k
         write_client_key(keys, work / SSH_KEY_NAME)
         (work / HOST_KEY_NAME).write_text(keys.host_public_line + "\n")
         guest_manifest = {"arch": recipe.arch, "image_hash": digest, "kernel_release": release,
-                          "builder_version": BUILDER_VERSION, "modules": selected}
+                          "builder_version": BUILDER_VERSION, "modules": selected,
+                          "console": recipe.console, "hostname": recipe.hostname}
         rootfs.configure(root, hostname=recipe.hostname, keys=keys, load_modules=recipe.load_modules,
                          manifest=guest_manifest)
         size = write_initramfs(root, work / INITRD_NAME, devices=DEVICES)
