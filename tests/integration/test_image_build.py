@@ -11,12 +11,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from guest_images import GuestImage, build_image, looks_like_kernel
 from guest_images.elf import ElfFile
 from guest_images.kernels import kernel_release_of
+from harness.debian import MIRROR
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +28,9 @@ MAX_INITRD_BYTES = 16 * 2**20
 def _debian_reachable() -> bool:
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         return False
+    mirror = urlsplit(MIRROR)
     try:
-        socket.create_connection(("deb.debian.org", 80), timeout=5).close()
+        socket.create_connection((mirror.hostname, mirror.port or 80), timeout=5).close()
     except OSError:
         return False
     return True
@@ -36,7 +39,7 @@ def _debian_reachable() -> bool:
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
     if not _debian_reachable():
-        pytest.skip("needs apt-get/dpkg and the Debian mirror (deb.debian.org:80) to build the image")
+        pytest.skip(f"needs apt-get/dpkg and the Debian mirror {MIRROR} to build the image")
     started = time.monotonic()
     built = build_image("s390x")
     print(f"\ns390x image {built.image_hash[:16]}: build/lookup {time.monotonic() - started:.1f} s, "
