@@ -222,6 +222,9 @@ def build_kernel(tree: Path, series: Series = EMPTY, arch: str = "s390x",
     if in_place:
         return _build(prepared, p, config, toolchain, jobs)
     with repo_lock(repo):
+        hit = cached_build(p)  # another process may have built it while we waited for the lock
+        if hit is not None:
+            return hit
         prepared = prepare(tree, series, base_sha)  # a series that does not apply stops here, before any make
         base_plan = plan(repo_key, base_sha, config.hash, toolchain, EMPTY.hash)
         if compare_with_base and series.patches and cached_build(base_plan) is None and not base_plan.obj.exists():

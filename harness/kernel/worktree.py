@@ -29,8 +29,9 @@ from .source import check_kernel_tree
 
 log = logging.getLogger(__name__)
 
-# Our git commands never run the user's hooks, never sign, and always have a committer identity.
-_GIT_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0",
+# Our git commands never run the user's hooks, never sign, never refresh the user's index as a side
+# effect (--no-optional-locks), and always have a committer identity.
+_GIT_CONFIG = ("--no-optional-locks", "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0",
                "-c", "core.autocrlf=false", "-c", "advice.detachedHead=false")
 _IDENTITY = {
     "GIT_COMMITTER_NAME": "kvm-harness", "GIT_COMMITTER_EMAIL": "kvm-harness@localhost",
