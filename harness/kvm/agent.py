@@ -28,7 +28,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 try:  # inside the harness package
     from . import uapi
-except ImportError:  # shipped as a zipapp, or run as a script next to uapi.py
+except ImportError:  # shipped as a zipapp, or run as a script next to uapi.py (also under python -I)
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if _here not in sys.path:
+        sys.path.insert(0, _here)
     import uapi  # type: ignore[no-redef]
 
 EXIT_OK, EXIT_STEP_ERROR, EXIT_BAD_INPUT, EXIT_TIMEOUT = 0, 1, 2, 3
