@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -68,7 +68,6 @@ class Series:
     patches: tuple[Patch, ...] = ()
     source: str = ""
     base: Optional[str] = None
-    _hash: str = field(default="", compare=False, repr=False)
 
     @property
     def subjects(self) -> list[str]:

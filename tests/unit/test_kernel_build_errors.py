@@ -16,6 +16,7 @@ from harness.kernel.build import BuildError, detect_toolchain, first_errors, hos
 from harness.kernel.series import KernelInputError, load_series
 
 ARCH = host_arch()  # native compiler: these tests stop before any make of a kernel
+SHARED_CACHE = os.environ.get("KVMH_CACHE")  # the cache holding Debian's linux-source, if any
 
 
 def git(repo: Path, *args: str) -> str:
@@ -252,3 +253,31 @@ def test_build_failure_quotes_first_error(tmp_path: Path) -> None:
     assert str(exc.value) == ("kernel build failed at 0123456789ab: init/x.c:3:1: error: expected ; before } "
                               f"(log: {log})")
     assert exc.value.exit_status == EXIT_INFRA
+
+
+def test_config_option_impossible_for_arch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """On the real tree: an x86-only option asked for s390x stops the build before make, naming it."""
+    if SHARED_CACHE is None:
+        monkeypatch.delenv("KVMH_CACHE")
+    else:
+        monkeypatch.setenv("KVMH_CACHE", SHARED_CACHE)
+    from harness.paths import cache_subdir
+
+    trees = [d.parent / "tree" for d in cache_subdir("src").glob("linux-source-*/.kvmh-complete")]
+    trees = [t for d in trees for t in d.iterdir() if t.is_dir()]
+    if not trees:
+        pytest.skip("Debian linux-source is not in the cache yet (run 'kvmh source get')")
+    if shutil.which("s390x-linux-gnu-gcc") is None and host_arch() != "s390x":
+        pytest.skip("s390x-linux-gnu-gcc missing (Debian package gcc-s390x-linux-gnu)")
+    source = trees[0]
+    frag = tmp_path / "x86.config"
+    frag.write_text("CONFIG_KVM_INTEL=y\n")
+    listing = sorted(p.name for p in source.iterdir())
+    status = kcli.build_main(source, arch="s390x", fragments=[frag])
+    err = capsys.readouterr().err
+    assert status == EXIT_INFRA
+    assert err == ("kvmh build: config options not in the final .config for s390x: CONFIG_KVM_INTEL=y (got not "
+                   "set) — they do not exist or their dependencies are off for this arch and tree: fix or drop "
+                   "them\n")
+    assert sorted(p.name for p in source.iterdir()) == listing

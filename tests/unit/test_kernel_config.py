@@ -164,3 +164,30 @@ def test_defconfig_start_with_fragment(kernel_source: Path, tmp_path: Path) -> N
     final = requested_options(cfg.read_text())
     assert final["CONFIG_LKDTM"] == "y" and final.get("CONFIG_IPV6", "n") == "n"
     assert final.get("CONFIG_NET") == "y"  # from defconfig, not from the fragment
+
+
+class FakeTarget:
+    """Just enough of a Target for target_config: ``run`` returns a canned CommandResult."""
+
+    spec = "fake:s390x"
+
+    def __init__(self, status: int, stdout: str) -> None:
+        self.status, self.stdout, self.commands = status, stdout, []
+
+    def run(self, command: str, timeout: float = 60.0):
+        from harness.targets.base import CommandResult
+
+        self.commands.append(command)
+        return CommandResult(command, self.status, self.stdout, "", 0.1)
+
+
+def test_start_from_running_target(tmp_path: Path) -> None:
+    from harness.kernel.config import target_config
+
+    target = FakeTarget(0, "CONFIG_KVM=y\n# CONFIG_IPV6 is not set\n")
+    dest = target_config(target, tmp_path / "target.config")
+    assert target.commands == ["gzip -dc /proc/config.gz"]
+    req = ConfigRequest.for_arch("s390x", start=str(dest))
+    assert req.start_text() == "CONFIG_KVM=y\n# CONFIG_IPV6 is not set\n"
+    with pytest.raises(ConfigError, match=r"^fake:s390x has no readable /proc/config.gz"):
+        target_config(FakeTarget(1, ""), tmp_path / "other.config")
