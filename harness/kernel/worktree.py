@@ -186,12 +186,12 @@ def _ensure_worktree(repo: SourceRepo, base: str) -> Path:
     path = worktree_path(repo)
     if (path / ".git").exists() and _wt_git(path, "rev-parse", "HEAD").returncode == 0:
         return path
-    repo.git("worktree", "prune")
     if path.exists():
         shutil.rmtree(path)
     log.info("creating worktree %s at %s", path, base[:12])
     path.parent.mkdir(parents=True, exist_ok=True)
-    repo.git("worktree", "add", "-q", "--detach", str(path), base, check=True)
+    # --force re-registers our path if its directory was deleted; the user's other worktrees are left alone.
+    repo.git("worktree", "add", "-q", "--force", "--detach", str(path), base, check=True)
     return path
 
 

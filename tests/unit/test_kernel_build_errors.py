@@ -281,3 +281,14 @@ def test_config_option_impossible_for_arch(tmp_path: Path, monkeypatch: pytest.M
                    "set) — they do not exist or their dependencies are off for this arch and tree: fix or drop "
                    "them\n")
     assert sorted(p.name for p in source.iterdir()) == listing
+
+
+def test_deleted_worktree_is_recreated_without_pruning_others(tree: Path, tmp_path: Path) -> None:
+    theirs = tmp_path / "their-worktree"
+    git(tree, "worktree", "add", "-q", "--detach", str(theirs))
+    shutil.rmtree(theirs)  # stale, but the user's business
+    first = worktree.prepare(tree)
+    shutil.rmtree(first.tree)
+    again = worktree.prepare(tree)
+    assert (again.tree / "init/main.c").is_file() and again.head == first.head
+    assert str(theirs) in git(tree, "worktree", "list")
