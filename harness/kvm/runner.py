@@ -188,7 +188,7 @@ def find_kernel_splats(text: str) -> List[str]:
         from ..results.splats import find_splats
     except ImportError:
         return [line.strip() for line in text.splitlines() if SPLAT_FALLBACK.search(line)]
-    return [f"{s.kind}: {getattr(s, 'first_line', '')}".strip() for s in find_splats(text)]
+    return [f"{s.kind}: {s.first_line} [{s.fingerprint}]" for s in find_splats(text)]
 
 
 def run_scenario(target: Target, scenario: Scenario, caps: Capabilities) -> ScenarioResult:
