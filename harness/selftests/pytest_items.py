@@ -249,9 +249,13 @@ class SelftestItem(pytest.Item):
         state = _state(self.config)
         assert state.build is not None and self.kvm_target is not None
         if state.runner is None or state.runner.target is not self.kvm_target:
+            from ..results.window import can_read_kernel_log
+
             options = RunOptions(
                 timeout_factor=_opt(self.config, "--selftest-timeout-factor"),
                 budget_s=_opt(self.config, "--selftest-budget"),
+                # The plugin's kernel log window brackets each item already (and fails it on a splat).
+                capture_dmesg=not can_read_kernel_log(self.kvm_target),
             )
             state.runner = SelftestRunner(self.kvm_target, state.build, options)
         return state.runner
@@ -299,7 +303,7 @@ class SelftestItem(pytest.Item):
         longrepr: Any = None
         outcome = verdict.outcome
         if outcome == "skipped":
-            longrepr = (path, 1, f"Skipped: {verdict.message}")
+            longrepr = (str(self.path), 1, f"Skipped: {verdict.message}")
         elif outcome == "failed":
             longrepr = _SelftestRepr(_failure_text(verdict.message, sub.log), path, _headline(verdict.message))
         report = TestReport(nodeid, location, keywords, "skipped" if outcome == "xfailed" else outcome,

@@ -129,17 +129,23 @@ def _strip_timeout_mark(output: str, exit_status: int) -> tuple[str, bool]:
 
 
 _UNKNOWN_SKIP = ("", "unknown")
+_SKIP_ALL_FRAGMENT_RE = re.compile(r"(?:#\s*)?1\.\.0\s*#\s*SKIP\s*(?:-\s*)?", re.IGNORECASE)
 _SKIP_ALL_RE = re.compile(r"^(?:#\s*)?1\.\.0\s*#\s*SKIP\s*(?:-\s*)?(.*)$", re.IGNORECASE)
 
 
 def explain_unknown_skips(result: TestResult) -> None:
     """Replace the kselftest harness's ``# SKIP unknown`` by the reason the test printed itself.
 
+    Also drops a raw ``1..0 # SKIP -`` prefix a skip reason may carry (a program that printed a plan
+    and then skipped, like ``tprot``).
+
     A kselftest_harness test whose setup calls ``ksft_exit_skip()`` (KVM's TEST_REQUIRE, e.g. no
     /dev/kvm) is reported as ``ok N name # SKIP unknown``; its own ``1..0 # SKIP reason`` line is a
     diagnostic of that test. The program's reason follows when it was ``unknown`` too.
     """
     for sub in result.walk():
+        if sub.outcome is Outcome.SKIP and _SKIP_ALL_FRAGMENT_RE.search(sub.reason):
+            sub.reason = _SKIP_ALL_FRAGMENT_RE.sub("", sub.reason)
         if sub.outcome is not Outcome.SKIP or sub.reason.strip() not in _UNKNOWN_SKIP:
             continue
         for line in sub.diagnostics + sub.log:
