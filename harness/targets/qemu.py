@@ -203,7 +203,8 @@ class QemuTarget(Target):
                 if accelerator == "kvm" and choice.may_fall_back:
                     reason = self._probe_kvm()
                     if reason:
-                        log.warning("%s: KVM cannot boot this guest (%s): falling back to TCG", self.spec, reason)
+                        log.warning("%s: KVM cannot boot this guest (%s; last console lines: %s): falling back to TCG",
+                                    self.spec, reason, self.console.tail() if self.console else "")
                         self._discard_console("kvm-attempt")
                         accelerator = "tcg"
                         self.accelerator_note = f"kvm fell back: {reason}"
@@ -255,6 +256,9 @@ class QemuTarget(Target):
         log_path = self.console.log_path
         if log_path.exists():
             log_path.rename(log_path.with_name(f"console-{suffix}.log"))
+        cmdline = log_path.with_name("qemu-cmdline.txt")
+        if cmdline.exists():
+            cmdline.rename(log_path.with_name(f"qemu-cmdline-{suffix}.txt"))
         _live.discard(self)
         self.console = None
 

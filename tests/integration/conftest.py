@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import types
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -75,3 +76,9 @@ def pid_gone(pid: Optional[int], wait: float = 10.0) -> bool:
         if time.monotonic() >= end:
             return False
         time.sleep(0.1)
+
+
+@pytest.fixture
+def qemu_procs() -> types.SimpleNamespace:
+    """``pid(artifacts_dir)`` and ``gone(pid, wait)`` for checking that no QEMU of a test is left."""
+    return types.SimpleNamespace(pid=qemu_pid, gone=pid_gone)

@@ -19,7 +19,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "console"
 CLEAN = DATA / "s390x-tcg-boot-clean.log"
 PANIC_VFS = DATA / "s390x-tcg-panic-rdinit-nonexistent.log"
 PANIC_INIT = DATA / "s390x-tcg-panic-no-working-init.log"
-SILENCE = DATA / "s390x-tcg-silence-loglevel0-rdinit-cat.log"
+SILENCE = DATA / "s390x-tcg-silence-loglevel0-init-sleep.log"
 
 
 def lines_of(path: Path) -> list[str]:

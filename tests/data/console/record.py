@@ -21,7 +21,7 @@ CASES = {
     # name: (extra kernel command line, silence timeout)
     "s390x-tcg-boot-clean.log": ("", 60.0),
     "s390x-tcg-panic-rdinit-nonexistent.log": ("rdinit=/nonexistent", 60.0),
-    "s390x-tcg-silence-loglevel0-rdinit-cat.log": ("loglevel=0 rdinit=/bin/cat", 10.0),
+    "s390x-tcg-silence-loglevel0-init-sleep.log": ("loglevel=0 rdinit=/usr/bin/busybox -- sleep 3600", 10.0),
 }
 
 
