@@ -91,15 +91,11 @@ def pv_skip_reason(caps: Capabilities, need: str = "async") -> Optional[str]:
     if need not in NEEDS:
         raise ValueError(f"unknown requirement {need!r}: use one of {', '.join(NEEDS)}")
     if need == "kvm":
-        return None if caps.has_kvm else f"no /dev/kvm on this target ({caps.arch} {caps.kernel_release})"
+        return None if caps.has_kvm else _no_kvm_reason(caps)
     if caps.arch != "s390x":
         return f"not an s390x host: protected virtualization needs IBM Z (this is {caps.arch or 'unknown'})"
     if not caps.has_kvm:
-        if caps.has_sie is False:
-            return "no /dev/kvm on this target (QEMU TCG has no SIE: the CPU lacks the 'sie' feature)"
-        if caps.has_sie:
-            return "no /dev/kvm on this target although the CPU has SIE: load the kvm module"
-        return "no /dev/kvm on this target (QEMU TCG has no SIE)"
+        return _no_kvm_reason(caps)
     if need == "s390_kvm":
         return None
     if caps.prot_virt_host is None:
@@ -120,3 +116,13 @@ def pv_skip_reason(caps: Capabilities, need: str = "async") -> Optional[str]:
         return (f"capability {uapi.KVM_CAP_S390_PROTECTED_ASYNC_DISABLE} "
                 "(KVM_CAP_S390_PROTECTED_ASYNC_DISABLE) reads 0")
     return None
+
+
+def _no_kvm_reason(caps: Capabilities) -> str:
+    if caps.arch == "s390x":
+        if caps.has_sie is False:
+            return "no /dev/kvm on this target (QEMU TCG has no SIE: the CPU lacks the 'sie' feature)"
+        if caps.has_sie:
+            return "no /dev/kvm on this target although the CPU has SIE: load the kvm module"
+        return "no /dev/kvm on this target (QEMU TCG has no SIE)"
+    return f"no /dev/kvm on this target ({caps.arch} {caps.kernel_release}): load kvm or enable virtualization"

@@ -152,7 +152,9 @@ def _caps(**kw: object) -> Capabilities:
 @pytest.mark.parametrize("caps, need, reason", [
     (_caps(has_kvm=False, has_sie=False), "async",
      "no /dev/kvm on this target (QEMU TCG has no SIE: the CPU lacks the 'sie' feature)"),
-    (_caps(has_kvm=False, has_sie=None), "kvm", "no /dev/kvm on this target (s390x 6.12.9-s390x)"),
+    (_caps(has_kvm=False, has_sie=None), "kvm", "no /dev/kvm on this target (QEMU TCG has no SIE)"),
+    (_caps(has_kvm=False, has_sie=False), "kvm", "no /dev/kvm on this target (QEMU TCG has no SIE: the CPU lacks"),
+    (_caps(has_kvm=False, arch="x86_64"), "kvm", "no /dev/kvm on this target (x86_64 6.12.9-s390x): load kvm"),
     (_caps(has_kvm=False, has_sie=True), "s390_kvm", "no /dev/kvm on this target although the CPU has SIE"),
     (_caps(arch="x86_64"), "async", "not an s390x host: protected virtualization needs IBM Z"),
     (_caps(arch="x86_64"), "s390_kvm", "not an s390x host"),
