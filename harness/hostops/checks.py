@@ -151,8 +151,8 @@ def space_needs(probe: HostProbe, kernel: LocalKernel, initramfs: str, layout: H
 
 
 def _avail_kb(fs: FsInfo, probe: HostProbe) -> int:
-    if fs.avail_kb == 0 and probe.root_fstype in ("rootfs", "ramfs") and fs.mount == "/":
-        return probe.mem_available_kb  # ramfs reports no size: it is bounded by memory alone
+    if fs.avail_kb == 0 and fs.device == "rootfs" and fs.mount == "/":
+        return probe.mem_available_kb  # the initramfs root reports no size: memory bounds it
     return fs.avail_kb
 
 

@@ -39,7 +39,10 @@ for t in __TOOLS__; do p=$(command -v "$t" 2>/dev/null) && echo "tool_$t=$p"; do
 for d in __DIRS__; do
   e=$d
   while [ ! -e "$e" ] && [ "$e" != / ]; do e=$(dirname "$e"); done
-  echo "DIR=$d $(df -Pk "$e" 2>/dev/null | tail -n 1)"
+  line=$(df -Pk "$e" 2>/dev/null | awk 'NR > 1' | tail -n 1)
+  # busybox df prints no line for the initramfs root (rootfs): report it with no size.
+  [ -n "$line" ] || line="rootfs 0 0 0 - /"
+  echo "DIR=$d $line"
 done
 [ -r __ZIPLCONF__ ] && echo "zipl_conf=yes" || echo "zipl_conf=no"
 [ -d __BLSDIR__ ] && echo "bls=yes" || echo "bls=no"
