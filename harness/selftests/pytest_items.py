@@ -120,6 +120,7 @@ class _SessionState:
     runner: Optional[SelftestRunner] = None
     expectations: Expectations = field(default_factory=Expectations)
     records: list[ResultRecord] = field(default_factory=list)
+    facts_recorded: bool = False
 
 
 def _state(config: pytest.Config) -> _SessionState:
@@ -241,6 +242,7 @@ class SelftestItem(pytest.Item):
         from ..plugin import holder_of
 
         self.kvm_target = holder_of(self.config).get()
+        _record_facts_once(self.config, self.kvm_target)
 
     def reportinfo(self) -> tuple[Union[Path, str], Optional[int], str]:
         return self.path, 0, f"selftest {self.program}"
@@ -325,6 +327,33 @@ class SelftestItem(pytest.Item):
             text = f"{self.program}: {excinfo.value}"
             return _SelftestRepr(text, str(self.location[0]), text)
         return super().repr_failure(excinfo)
+
+
+def _record_facts_once(config: pytest.Config, target: Any) -> None:
+    """Put the target's facts into the JUnit testsuite properties (once), as the kvm_target fixture does."""
+    state = _state(config)
+    if state.facts_recorded:
+        return
+    state.facts_recorded = True
+    from _pytest.junitxml import xml_key
+
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    try:
+        facts = target.facts()
+    except HarnessError as err:
+        log.warning("could not read the target's facts: %s", err)
+        return
+    recorded = {name for name, _ in getattr(xml, "global_properties", [])}
+    for name, value in facts.as_properties().items():
+        if name not in recorded:
+            xml.add_global_property(name, value)
+    build = state.build
+    if build is not None:
+        for name, value in (("selftest_tree", str(build.tree)), ("selftest_tree_id", build.tree_id),
+                            ("selftest_compiler", build.compiler), ("selftest_build_key", build.key)):
+            xml.add_global_property(name, value)
 
 
 def _flatten(subtests: list[TestResult], prefix: str = "") -> Iterator[tuple[str, TestResult]]:

@@ -228,6 +228,12 @@ def test_properties_and_deploy(suite):
     assert props["selftest_outcome"] == "fail"
     assert props["selftest_exit_status"] == "254"
     assert props["selftest_timeout_s"] == "480"
+    import xml.etree.ElementTree as ET
+
+    suite_props = {p.get("name"): p.get("value")
+                   for p in ET.parse(suite.path / "junit.xml").getroot().find("testsuite").find("properties")}
+    assert suite_props["target"] == "qemu:s390x" and suite_props["accelerator"] == "tcg"
+    assert suite_props["selftest_build_key"] == "fakekey"
     record = json.loads((suite.path / "commands.json").read_text())
     assert sorted(record["puts"]) == ["/tmp/kvmh-selftests/fakekey/s390x/memop",
                                       "/tmp/kvmh-selftests/fakekey/x86_64/cpuid_test"]
