@@ -43,6 +43,8 @@ OUR_TESTS_S390 = ("async_teardown_test",)
 _OUR_TEST_NEEDS = "KVM_CAP_S390_PROTECTED_ASYNC_DISABLE"
 _LIST_TARGET = "kvmh-list-programs"
 _MANIFEST = "manifest.json"
+KEEP_BUILDS = 4
+"""Cached builds kept per architecture (one per tree state; older ones are removed)."""
 
 # Parts of tools/ the kvm selftests need besides tools/testing/selftests/kvm itself.
 _TOOLS_DIRS = ("tools/include", "tools/arch", "tools/build", "tools/lib", "tools/scripts")
@@ -293,7 +295,23 @@ def build_selftests(tree: Path, arch: str, *, jobs: Optional[int] = None, with_o
         result = _load(entry, tree, inputs)
     if result is None:
         raise InfrastructureError(f"the KVM selftest build in {entry} left no usable manifest: remove it and retry")
+    prune_cache(root, arch, keep=KEEP_BUILDS)
     return _with(result, cached=False, duration_s=time.monotonic() - start)
+
+
+def prune_cache(root: Path, arch: str, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recently built entries of ``arch``; return what was removed."""
+    entries = [p for p in root.glob(f"{arch}-*") if p.is_dir() and (p / _MANIFEST).is_file()]
+    entries.sort(key=lambda p: (p / _MANIFEST).stat().st_mtime, reverse=True)
+    removed = []
+    for old in entries[keep:]:
+        with _locked(old.with_name(old.name + ".lock")):
+            shutil.rmtree(old, ignore_errors=True)
+        old.with_name(old.name + ".lock").unlink(missing_ok=True)
+        removed.append(old)
+    if removed:
+        log.info("removed %d old KVM selftest builds for %s", len(removed), arch)
+    return removed
 
 
 def _with(build: SelftestBuild, **changes: object) -> SelftestBuild:

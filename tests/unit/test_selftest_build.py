@@ -241,3 +241,16 @@ def test_not_a_kvm_tree_is_a_usage_error(fake_env):
     (tree / "tools/testing/selftests/kvm/Makefile").unlink()
     with pytest.raises(UsageError, match="tools/testing/selftests/kvm"):
         sb.build_selftests(tree, "s390x", cache_root=fake_env / "cache")
+
+
+def test_prune_keeps_the_newest_builds(tmp_path):
+    for i, name in enumerate(["s390x-a", "s390x-b", "s390x-c", "x86_64-a"]):
+        (tmp_path / name).mkdir()
+        manifest = tmp_path / name / "manifest.json"
+        manifest.write_text("{}")
+        os.utime(manifest, (1000 + i, 1000 + i))
+        (tmp_path / f"{name}.lock").write_text("")
+    removed = sb.prune_cache(tmp_path, "s390x", keep=2)
+    assert [p.name for p in removed] == ["s390x-a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "s390x-b", "s390x-b.lock", "s390x-c", "s390x-c.lock", "x86_64-a", "x86_64-a.lock"]

@@ -85,9 +85,13 @@ static struct kvm_vm *create_pv_vm(uint64_t mem_size, uint64_t mem_limit)
 }
 
 #define ASSERT_PV_OK(res, what)							\
-	ASSERT_EQ(0, (res).ret)							\
-		TH_LOG("%s: errno %d (%s), rc 0x%x rrc 0x%x", what, (res).err,	\
-		       strerror((res).err), (res).rc, (res).rrc)
+	do {									\
+		if ((res).ret)							\
+			TH_LOG("%s: errno %d (%s), rc 0x%x rrc 0x%x", what,	\
+			       (res).err, strerror((res).err), (res).rc,	\
+			       (res).rrc);					\
+		ASSERT_EQ(0, (res).ret);					\
+	} while (0)
 
 #define ASSERT_PV_ERRNO(res, errnum, what)					\
 	do {									\
@@ -294,7 +298,7 @@ TEST(sigkill_during_perform)
 
 		got = read(fds[0], &res, sizeof(res));
 		if (got == sizeof(res)) {
-			TH_LOG("delay %u us: PERFORM returned before the signal: %d, rc 0x%x rrc 0x%x",
+			TH_LOG("delay %u us: PERFORM returned %d before the signal, rc 0x%x rrc 0x%x",
 			       delays_us[i], res.ret, res.rc, res.rrc);
 			ASSERT_PV_OK(res, "PERFORM before the signal");
 		} else {
