@@ -237,6 +237,7 @@ class SelftestItem(pytest.Item):
         self.program = program
         self.add_marker(pytest.mark.kvm_selftest)
         self.kvm_target = None
+        self._reported = False
 
     def setup(self) -> None:
         from ..plugin import holder_of
@@ -268,10 +269,13 @@ class SelftestItem(pytest.Item):
         expectations = state.expectations
         verdict = judge(run.outcome.value, run.result.reason, expectations.get(self.program),
                         harness_skip=run.harness_skip)
-        self._record(state, run)
+        if not self._reported:
+            self._record(state, run)
         if run.output:
             self.add_report_section("call", "stdout selftest", _clip(run.output, OUTPUT_LIMIT))
-        sub_verdicts = self._report_subtests(run, expectations, state)
+        # A retry (--kvm-retry-failed) runs the program again; its subtests were reported already.
+        sub_verdicts = self._report_subtests(run, expectations, state, emit=not self._reported)
+        self._reported = True
         verdict = _program_verdict(verdict, run, sub_verdicts, expectations.get(self.program))
         _raise_for(verdict, run)
 
@@ -286,14 +290,15 @@ class SelftestItem(pytest.Item):
         self.user_properties.extend(props)
         state.records.append(ResultRecord(self.program, None, run.outcome.value, run.result.reason, run.harness_skip))
 
-    def _report_subtests(self, run: ProgramRun, expectations: Expectations,
-                         state: _SessionState) -> list[tuple[TestResult, Verdict]]:
+    def _report_subtests(self, run: ProgramRun, expectations: Expectations, state: _SessionState,
+                         emit: bool = True) -> list[tuple[TestResult, Verdict]]:
         out: list[tuple[TestResult, Verdict]] = []
         for name, sub in _flatten(run.result.subtests):
             verdict = judge(sub.outcome.value, sub.reason, expectations.get(self.program, name))
             out.append((sub, verdict))
-            state.records.append(ResultRecord(self.program, name, sub.outcome.value, sub.reason))
-            self._emit(name, sub, verdict)
+            if emit:
+                state.records.append(ResultRecord(self.program, name, sub.outcome.value, sub.reason))
+                self._emit(name, sub, verdict)
         return out
 
     def _emit(self, name: str, sub: TestResult, verdict: Verdict) -> None:
