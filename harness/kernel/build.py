@@ -26,7 +26,7 @@ from ..paths import cache_subdir
 from .config import ConfigRequest, make_config, requested_options
 from .headers import kernel_arch
 from .series import EMPTY, KernelInputError, Series
-from .worktree import PreparedSource, open_repo, prepare, prepare_in_place, repo_lock, resolve_base
+from .worktree import PreparedSource, file_lock, open_repo, prepare, prepare_in_place, repo_lock, resolve_base
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,8 @@ def build_kernel(tree: Path, series: Series = EMPTY, arch: str = "s390x",
         log.info("kernel for %s already built: %s", arch, hit.image)
         return hit
     if in_place:
-        return _build(prepared, p, config, toolchain, jobs)
+        with file_lock(p.key_dir / "lock"):
+            return cached_build(p) or _build(prepared, p, config, toolchain, jobs)
     with repo_lock(repo):
         hit = cached_build(p)  # another process may have built it while we waited for the lock
         if hit is not None:

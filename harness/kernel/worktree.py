@@ -134,7 +134,7 @@ def import_tree(tree: Path) -> SourceRepo:
     key = "import-" + _short(str(tree))
     git_dir = cache_subdir("kernel/imports") / f"{key}.git"
     repo = SourceRepo(origin=tree, git_dir=git_dir, imported=True, key=key)
-    with _locked(git_dir.with_suffix(".lock")):
+    with file_lock(git_dir.with_suffix(".lock")):
         if not (git_dir / "HEAD").exists():
             log.info("importing %s into a git repository in the cache (once)", tree)
             _run_git(["init", "-q", "--bare", str(git_dir)], check=True)
@@ -167,10 +167,14 @@ def worktree_path(repo: SourceRepo) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another kvmh process to finish with %s", path.parent)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -179,7 +183,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def repo_lock(repo: SourceRepo) -> contextlib.AbstractContextManager:
     """Serialise everything done on one repository's worktree (apply, build)."""
-    return _locked(cache_subdir("kernel/work") / repo.key / "lock")
+    return file_lock(cache_subdir("kernel/work") / repo.key / "lock")
 
 
 def _ensure_worktree(repo: SourceRepo, base: str) -> Path:
@@ -313,11 +317,11 @@ def _apply(path: Path, series: Series, base: str) -> None:
         raise ApplyError(f"patch {index + 1}/{n} {subject!r} does not apply on {base[:12]}: {where} — "
                          "rebase the series onto that base or pick the base it was written for",
                          details=output + "\n" + detail)
-    if "Patch already applied" in output or "No changes" in output:
-        index = _already_applied_index(output)
+    index = _already_applied_index(output)
+    if index is not None:
         _wt_git(path, "reset", "-q", "--hard", base)
-        subject = series.patches[index].subject if index is not None and index < n else "?"
-        number = index + 1 if index is not None else "?"
+        subject = series.patches[index].subject if 0 <= index < n else "?"
+        number = index + 1
         raise ApplyError(f"patch {number}/{n} {subject!r} is already applied on {base[:12]}: drop it from "
                          "the series or pick an older base", details=output)
     count = int(_out(_wt_git(path, "rev-list", "--count", f"{base}..HEAD", check=True)))
@@ -332,7 +336,7 @@ def _already_applied_index(output: str) -> Optional[int]:
     for line in output.splitlines():
         if line.startswith("Applying: "):
             index += 1
-        elif "Patch already applied" in line or line.startswith("No changes"):
+        elif line.startswith("No changes") or "Patch already applied" in line:
             return index
     return None
 
@@ -358,6 +362,8 @@ def _where(detail: str, output: str) -> str:
     m = _CONFLICT.search(output)
     if m:
         return f"conflict in {m.group(1)}"
+    if "Patch is empty" in output:
+        return "git am found no diff in it (is the mail mangled?)"
     missing = re.search(r"error: (\S+): does not exist in index", detail + output)
     if missing:
         return f"{missing.group(1)} does not exist"
