@@ -292,3 +292,50 @@ def test_deleted_worktree_is_recreated_without_pruning_others(tree: Path, tmp_pa
     again = worktree.prepare(tree)
     assert (again.tree / "init/main.c").is_file() and again.head == first.head
     assert str(theirs) in git(tree, "worktree", "list")
+
+
+def _record(out: Path, warnings: list[str], incremental: bool = False, subjects: tuple[str, ...] = ()):
+    from harness.kernel.build import KernelBuild
+
+    out.mkdir(parents=True)
+    (out / "bzImage").write_bytes(b"image")
+    (out / "config").write_text("CONFIG_X=y\n")
+    build = KernelBuild(arch="s390x", image=out / "bzImage", modules_dir=None, config=out / "config",
+                        system_map=out / "System.map", log=out / "build.log", release="6.12.0",
+                        base="a" * 40, head="b" * 40, series_subjects=list(subjects), series_hash="c" * 64,
+                        config_hash="d" * 64, compiler="gcc 12", warnings=len(warnings), warning_lines=warnings,
+                        incremental=incremental, output_dir=out)
+    (out / "build.json").write_text(build.to_json())
+    return build
+
+
+def test_new_warnings_counted_against_a_full_base_build(tmp_path: Path) -> None:
+    from harness.kernel.build import BuildPlan, _compare_with_base, cached_build
+    from harness.kernel.series import EMPTY
+
+    key = tmp_path / "key"
+    base_out = key / "out" / EMPTY.hash[:16]
+    _record(base_out, ["init/main.c:10:5: warning: unused variable 'a' [-Wunused-variable]"])
+    series_out = key / "out" / ("e" * 16)
+    build = _record(series_out, ["init/main.c:14:5: warning: unused variable 'a' [-Wunused-variable]",
+                                 "init/main.c:30:1: warning: no previous prototype for 'f' [-Wmissing-prototypes]"],
+                    subjects=("init: f",))
+    _compare_with_base(build, BuildPlan(key, key / "obj", series_out))
+    assert build.new_warnings == 1, "a warning that only moved lines is not new"
+    assert build.new_warning_lines == ["init/main.c:30:1: warning: no previous prototype for 'f' "
+                                       "[-Wmissing-prototypes]"]
+    again = cached_build(BuildPlan(key, key / "obj", series_out))
+    assert again is not None and again.cached and again.warning_lines == build.warning_lines
+    assert "--kvm-property" in build.pytest_properties_args()
+    assert build.properties()["series"] == "init: f" and build.properties()["new_build_warnings"] == "1"
+
+
+def test_no_new_warning_count_without_a_complete_base(tmp_path: Path) -> None:
+    from harness.kernel.build import BuildPlan, _compare_with_base
+    from harness.kernel.series import EMPTY
+
+    key = tmp_path / "key"
+    _record(key / "out" / EMPTY.hash[:16], [], incremental=True)
+    build = _record(key / "out" / ("e" * 16), ["x.c:1:1: warning: w"], subjects=("x",))
+    _compare_with_base(build, BuildPlan(key, key / "obj", key / "out" / ("e" * 16)))
+    assert build.new_warnings is None
