@@ -189,7 +189,37 @@ def _describe(actual: str, reason: str, note: str = "") -> str:
 
 
 def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text and text.strip() else ""
+    """The line that best summarises a reason (a KVM assertion's own message and location)."""
+    return headline(text) if text and text.strip() else ""
+
+
+_ASSERT_MARK = "==== Test Assertion Failure ===="
+
+
+def headline(text: str) -> str:
+    """One line for JUnit's failure message: a KVM assertion's own message and location, else the first line."""
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines):
+        if _ASSERT_MARK not in line:
+            continue
+        block = []
+        for nxt in lines[i + 1:]:
+            if not nxt or nxt.startswith("---") or nxt.startswith("["):
+                break
+            block.append(nxt)
+        prefix = line[: line.index(_ASSERT_MARK)].strip()
+        if block:
+            where = block[0].split(":", 2)
+            location = f" ({where[0]}:{where[1]})" if len(where) >= 2 and where[1].strip().isdigit() else ""
+            message = block[-1] if len(block) > 1 else block[0]
+            return f"{prefix} {message}{location}".strip()[:300]
+    useful = [line for line in lines if line]
+    if not useful:
+        return "failed"
+    if useful[0].endswith("last output:") and len(useful) > 1:
+        return f"{useful[0]} {useful[-1]}"[:300]
+    return useful[0][:300]
+
 
 
 def _quote(text: str, always: bool = False) -> str:
