@@ -72,6 +72,7 @@ class _TargetHolder:
         self.error: Optional[HarnessError] = None
         self.session_cursor: Optional[KernelLogWindow] = None
         self.attributed: set[str] = set()
+        self.cursors: dict[int, int] = {}
 
     def get(self) -> Target:
         if self.error is not None:
@@ -178,7 +179,13 @@ def _expected_splat_kinds(item: pytest.Item) -> list[str]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     target = _target_of(item)
-    window = KernelLogWindow(target) if target is not None and can_read_kernel_log(target) else None
+    holder = holder_of(item.config)
+    window = None
+    if target is not None and can_read_kernel_log(target):
+        # The cursor where the previous test's window ended starts this one: one kernel log read per test.
+        window = KernelLogWindow(target, holder.cursors.get(id(target)))
+        if window.start is not None:
+            holder.cursors[id(target)] = window.start
     outcome = yield
     if item.config.getoption("--kvm-retry-failed") and outcome.excinfo is not None:
         exc = outcome.excinfo[1]
@@ -191,8 +198,29 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             else:
                 item._kvm_flaky = first  # type: ignore[attr-defined]
                 outcome.force_result(None)
-    if window is not None:
-        item._kvm_window = window.close(_expected_splat_kinds(item))  # type: ignore[attr-defined]
+    skipped = outcome.excinfo is not None and isinstance(outcome.excinfo[1], pytest.skip.Exception)
+    if window is not None and not skipped:
+        result = window.close(_expected_splat_kinds(item))
+        if window.end is not None:
+            holder.cursors[id(target)] = window.end
+        if result is not None:
+            _attach_window(item, holder, result)
+    flaky = getattr(item, "_kvm_flaky", None)
+    if flaky is not None:
+        item.user_properties.append(("flaky", f"passed on retry; first attempt: {flaky}"))
+
+
+def _attach_window(item: pytest.Item, holder: _TargetHolder, result: Any) -> None:
+    """Keep a test's kernel log in its report (JUnit system-out) and its splats as properties."""
+    item._kvm_window = result  # type: ignore[attr-defined]
+    if result.text:
+        item.add_report_section("call", "stdout", f"--- kernel log during this test ---\n{result.text}\n")
+    for splat in result.expected:
+        holder.attributed.add(splat.text)
+        item.user_properties.append(("expected_splat", f"{splat.kind}: {splat.fingerprint}"))
+    for splat in result.splats:
+        holder.attributed.add(splat.text)
+        item.user_properties.append(("splat", f"{splat.kind}: {splat.fingerprint}"))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -201,28 +229,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = outcome.get_result()
     if call.when != "call":
         return
-    flaky = getattr(item, "_kvm_flaky", None)
-    if flaky is not None:
-        report.user_properties.append(("flaky", f"passed on retry; first attempt: {flaky}"))
+    if getattr(item, "_kvm_flaky", None) is not None:
         report.kvm_flaky = True
     window = getattr(item, "_kvm_window", None)
-    if window is None:
-        return
-    holder = holder_of(item.config)
-    if window.text:
-        report.sections.append(("Captured stdout kernel log", window.text + "\n"))
-    for splat in window.expected:
-        holder.attributed.add(splat.text)
-        report.user_properties.append(("expected_splat", f"{splat.kind}: {splat.fingerprint}"))
-    if window.splats:
-        for splat in window.splats:
-            holder.attributed.add(splat.text)
-            report.user_properties.append(("splat", f"{splat.kind}: {splat.fingerprint}"))
-        if report.outcome != "failed":
-            report.outcome = "failed"
-            report.longrepr = splat_failure_message(window.splats)
-            if hasattr(report, "wasxfail"):
-                del report.wasxfail
+    if window is not None and window.splats and report.outcome != "failed":
+        report.outcome = "failed"
+        report.longrepr = splat_failure_message(window.splats)
+        if hasattr(report, "wasxfail"):
+            del report.wasxfail
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:

@@ -14,7 +14,7 @@ import pytest
 
 from .errors import EXIT_INFRA, EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE, HarnessError
 from .signals import install_sigterm_handler
-from .targets.spec import TargetOptions, make_target
+from .targets.spec import TargetOptions, make_target, parse_target_spec
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def new_artifacts_dir(root: Optional[Path], label: str) -> Path:
 def boot_and_run(spec: str, options: TargetOptions, command: Optional[str], timeout: float) -> int:
     """Boot a target; run one command (streaming its output) and return its status, or attach the console."""
     install_sigterm_handler()
+    parse_target_spec(spec)
     if options.artifacts_dir is None:
         options.artifacts_dir = new_artifacts_dir(None, f"boot-{spec}")
     target = make_target(spec, options)
@@ -138,7 +139,8 @@ def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace
         build = build_for_run(args)
         args.kernel = build.image
         args.modules = build.modules_dir
-        extra += build.pytest_properties_args() if hasattr(build, "pytest_properties_args") else []
+        extra += build.pytest_properties_args()
+        print(f"kvmh: built {build.arch} kernel {build.release}: {build.image}")
     pytest_args = ["--pyargs", "harness.suites", *target_args(args)]
     if args.tree is not None:
         pytest_args += ["--kvm-tree", str(args.tree)]

@@ -29,19 +29,21 @@ def can_read_kernel_log(target: Optional[Target]) -> bool:
 class KernelLogWindow:
     """Brackets a test with kernel log cursors; ``close()`` returns what appeared in between."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, start: Optional[int] = None) -> None:
         self.target = target
-        self.start: Optional[int] = None
-        try:
-            self.start = target.dmesg_cursor()
-        except HarnessError as err:
-            log.warning("no kernel log cursor on %s: %s", target.spec, err)
+        self.start: Optional[int] = start
+        self.end: Optional[int] = None
+        if start is None:
+            try:
+                self.start = target.dmesg_cursor()
+            except HarnessError as err:
+                log.warning("no kernel log cursor on %s: %s", target.spec, err)
 
     def close(self, expected_kinds: Sequence[str] = ()) -> Optional[WindowResult]:
         if self.start is None:
             return None
         try:
-            text = self.target.dmesg_since(self.start)
+            text, self.end = self.target.dmesg_read(self.start)
         except HarnessError as err:
             log.warning("cannot read the kernel log on %s: %s", self.target.spec, err)
             return None

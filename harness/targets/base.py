@@ -138,6 +138,12 @@ class Target(abc.ABC):
         """Return kernel log lines newer than ``cursor`` (from ``dmesg_cursor``)."""
         return self._read_kmsg(cursor)[0]
 
+    def dmesg_read(self, after: int) -> tuple[str, int]:
+        """Return the kernel log lines newer than ``after`` and the new cursor, in one round trip."""
+        if type(self).dmesg_since is Target.dmesg_since:
+            return self._read_kmsg(after)
+        return self.dmesg_since(after), self.dmesg_cursor()
+
     def _read_kmsg(self, after: int) -> tuple[str, int]:
         cmd = f"python3 -c {shlex.quote(_KMSG_READER)} {after}"
         result = self.run(cmd, timeout=60)
