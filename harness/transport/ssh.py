@@ -1,10 +1,13 @@
 """SSH to a target with paramiko: pinned host keys, connect until a deadline, commands that can be killed.
 
-One connection carries every command (a new channel each).  Each command runs as
-``exec setsid sh -c CMD`` after printing its PID, so it leads its own process group; a command
-that outlives its timeout is killed as a group (``kill -KILL -PID``) over a second channel, and
-nothing it started in that group keeps running.  Files move over SFTP when the server offers it,
-otherwise over an exec channel (``cat > file`` / ``cat file``); both are byte-exact.
+One connection carries every command.  Commands go to a persistent ``sh`` on one channel
+(:mod:`harness.transport.cmdshell`: no channel setup and no exec per command, which matters
+under TCG); commands with stdin, and commands issued while that shell is busy, get their own exec
+channel.  Either way the command runs with ``KVMH_CMD=<token>`` in its environment: a command that
+outlives its timeout is killed together with everything it started (found by that token in
+``/proc/*/environ``) over another channel.  The remote shell must be POSIX ``sh``.  Files move
+over SFTP when the server offers it, otherwise over an exec channel (``cat > file`` /
+``cat file``); both are byte-exact.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import codecs
 import hashlib
 import logging
 import posixpath
+import secrets
 import select
 import shlex
 import socket
@@ -26,10 +30,11 @@ import paramiko
 
 from ..errors import BootError, InfrastructureError, UsageError
 from ..targets.base import CommandResult, OutputCallback
+from .cmdshell import ENV_MARK, CommandShell, ShellGone, kill_script
 
 log = logging.getLogger(__name__)
 
-PID_PREFIX = b"KVMH_PID "
+_Outcome = tuple[int, bytes, bytes, bool]  # exit status, stdout, stderr, timed out
 # Errors that mean "the server is not up yet": retried until the connect deadline.
 _RETRYABLE = (paramiko.SSHException, EOFError, OSError, socket.timeout)
 
@@ -87,6 +92,7 @@ class SshClient:
     with ``accept_new_host_key``, trusted and written to ``known_hosts``).  Client keys:
     ``key_file`` and/or the SSH agent and ``~/.ssh`` keys (``use_agent``, ``look_for_keys``).
     ``liveness``, when given, is polled while a command runs: returning False ends the wait.
+    ``persistent_shell=False`` gives every command its own exec channel.
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class SshClient:
         look_for_keys: bool = False,
         keepalive_s: int = 15,
         liveness: Optional[Callable[[], bool]] = None,
+        persistent_shell: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -115,6 +122,9 @@ class SshClient:
         self.look_for_keys = look_for_keys
         self.keepalive_s = keepalive_s
         self.liveness = liveness
+        self.persistent_shell = persistent_shell
+        self._shell: Optional[CommandShell] = None
+        self._shell_lock = threading.Lock()
         self._client: Optional[paramiko.SSHClient] = None
         self._sftp: Union[paramiko.SFTPClient, None, bool] = None  # False: server has no SFTP
         self._lock = threading.Lock()
@@ -206,6 +216,9 @@ class SshClient:
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
+            if self._shell is not None:
+                self._shell.close()
+                self._shell = None
             if isinstance(self._sftp, paramiko.SFTPClient):
                 try:
                     self._sftp.close()
@@ -232,30 +245,84 @@ class SshClient:
         stdin: Optional[bytes] = None,
         on_output: Optional[OutputCallback] = None,
     ) -> CommandResult:
-        """Run ``command`` with ``sh``; a command past ``timeout`` is killed and has ``timed_out``."""
-        status, out, err, duration, timed_out = self._exec(command, timeout, stdin, on_output)
+        """Run ``command`` with ``sh``; a command past ``timeout`` is killed and has ``timed_out``.
+
+        Commands without ``stdin`` go to the persistent shell when it is free; others (and
+        concurrent ones) get their own exec channel.
+        """
+        start = time.monotonic()
+        token = secrets.token_hex(8)
+        outcome = None
+        if stdin is None and self.persistent_shell and self._shell_lock.acquire(blocking=False):
+            try:
+                outcome = self._run_in_shell(token, command, start + timeout, on_output)
+            finally:
+                self._shell_lock.release()
+        if outcome is None:
+            outcome = self._exec(token, command, start + timeout, stdin, on_output)
+        status, out, err, timed_out = outcome
         return CommandResult(
             command=command,
             exit_status=status,
             stdout=out.decode("utf-8", "replace"),
             stderr=err.decode("utf-8", "replace"),
-            duration_s=duration,
+            duration_s=time.monotonic() - start,
             timed_out=timed_out,
         )
 
+    def _check(self, command: str) -> None:
+        """Raise SshConnectionLost when the connection or the target is gone."""
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        if transport is None or not transport.is_active():
+            raise SshConnectionLost(f"SSH connection to {self.address} dropped during command {command!r}")
+        if self.liveness is not None and not self.liveness():
+            raise SshConnectionLost(f"target {self.address} went away during command {command!r}")
+
+    def _run_in_shell(
+        self, token: str, command: str, deadline: float, on_output: Optional[OutputCallback]
+    ) -> Optional[_Outcome]:
+        """Run in the persistent shell; None when the shell cannot take the command."""
+        shell = self._shell
+        if shell is None or not shell.usable:
+            if shell is not None:
+                shell.close()
+            try:
+                shell = self._shell = CommandShell(self._transport(command))
+            except (paramiko.SSHException, EOFError, OSError, ShellGone) as err:
+                log.info("no persistent shell on %s (%s): using exec channels", self.address, err)
+                self._shell = None
+                return None
+        check = lambda: self._check(command)  # noqa: E731
+        try:
+            status, out, err, timed_out = shell.run(token, command, deadline, on_output, check)
+            if timed_out:
+                self._kill(token, command, parent=shell.pid)
+                shell.finish(10.0, check)
+                return -9, shell.out.data(), shell.err.data(), True
+        except ShellGone as gone:
+            self._check(command)
+            if not shell.out.started:
+                log.info("persistent shell on %s closed (%s): using exec channels", self.address, gone)
+                return None
+            raise SshConnectionLost(
+                f"the command shell on {self.address} died during command {command!r}: {gone}"
+            ) from None
+        return (status if status is not None else -1), out, err, False
+
     def _exec(
         self,
+        token: str,
         command: str,
-        timeout: float,
+        deadline: float,
         stdin: Optional[bytes],
         on_output: Optional[OutputCallback],
-    ) -> tuple[int, bytes, bytes, float, bool]:
-        start = time.monotonic()
-        deadline = start + timeout
+    ) -> _Outcome:
+        """Run ``command`` on its own exec channel."""
         transport = self._transport(command)
         try:
-            channel = transport.open_session(timeout=min(30.0, max(5.0, timeout)))
-            channel.exec_command(f"echo {PID_PREFIX.decode()}$$; exec setsid sh -c {shlex.quote(command)}")
+            channel = transport.open_session(timeout=min(30.0, max(5.0, deadline - time.monotonic())))
+            channel.exec_command(f"export {ENV_MARK}={token}\n{command}")
         except (paramiko.SSHException, EOFError, OSError) as err:
             raise SshConnectionLost(f"cannot start command {command!r} on {self.address}: {err}") from None
         writer = _start_stdin_writer(channel, stdin)
@@ -265,66 +332,57 @@ class SshClient:
             timed_out = self._pump(channel, reader, deadline, command)
         finally:
             if timed_out:
-                self._kill(reader, channel, command)
-            if not timed_out and not channel.exit_status_ready():
-                channel.close()
+                self._kill(token, command)
             writer.join(timeout=1)
-        if timed_out:
-            status = -9
-        else:
-            status = channel.recv_exit_status() if channel.exit_status_ready() else -1
+        status = -9 if timed_out else (channel.recv_exit_status() if channel.exit_status_ready() else -1)
         channel.close()
-        return status, reader.stdout(), reader.stderr(), time.monotonic() - start, timed_out
+        return status, reader.stdout(), reader.stderr(), timed_out
 
     def _pump(self, channel: paramiko.Channel, reader: "_ChannelReader", deadline: float, command: str) -> bool:
         """Read until EOF and exit status; return True when the deadline passed first."""
         status_since: Optional[float] = None
-        next_liveness = time.monotonic() + 1.0
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return True
-            if not channel.eof_received:
-                select.select([channel], [], [], min(0.2, deadline - now))
-            reader.drain(channel)
-            if channel.eof_received:
-                # No data follows EOF: only the exit status is still to come.
-                channel.status_event.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        next_check = time.monotonic() + 1.0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    return True
+                if not channel.eof_received:
+                    select.select([channel], [], [], min(0.2, deadline - now))
                 reader.drain(channel)
-                if channel.exit_status_ready():
-                    return False
-            elif channel.exit_status_ready():
-                # The command exited but something it started still holds its output open.
-                status_since = status_since or now
-                if now - status_since > 2.0:
-                    return False
-            if channel.closed and not channel.exit_status_ready() and not channel.recv_ready():
-                raise SshConnectionLost(f"SSH channel to {self.address} closed during command {command!r}")
-            if not channel.get_transport().is_active():
-                raise SshConnectionLost(f"SSH connection to {self.address} dropped during command {command!r}")
-            if self.liveness is not None and now >= next_liveness:
-                next_liveness = now + 1.0
-                if not self.liveness():
-                    raise SshConnectionLost(f"target {self.address} went away during command {command!r}")
+                if channel.eof_received:
+                    # No data follows EOF: only the exit status is still to come.
+                    channel.status_event.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+                    reader.drain(channel)
+                    if channel.exit_status_ready():
+                        return False
+                elif channel.exit_status_ready():
+                    # The command exited but something it started still holds its output open.
+                    status_since = status_since or now
+                    if now - status_since > 2.0:
+                        return False
+                if channel.closed and not channel.exit_status_ready() and not channel.recv_ready():
+                    raise SshConnectionLost(f"SSH channel to {self.address} closed during command {command!r}")
+                if now >= next_check:
+                    next_check = now + 1.0
+                    self._check(command)
+        except BaseException:
+            channel.close()
+            raise
 
-    def _kill(self, reader: "_ChannelReader", channel: paramiko.Channel, command: str) -> None:
-        """Kill a timed-out command's process group, then close its channel."""
-        end = time.monotonic() + 5.0
-        while reader.pid is None and time.monotonic() < end and not channel.closed:
-            select.select([channel], [], [], 0.1)
-            reader.drain(channel)
-        pid = reader.pid
-        if not pid:
-            log.warning("no PID seen for timed-out command %r; closing its channel only", command)
+    def _kill(self, token: str, command: str, parent: Optional[int] = None) -> None:
+        """SIGKILL a timed-out command and everything it started (see ``cmdshell.kill_script``)."""
+        try:
+            status, _, err, _ = self._exec(secrets.token_hex(8), kill_script(token, parent),
+                                           time.monotonic() + 60, None, None)
+        except InfrastructureError as error:
+            log.warning("could not kill timed-out command %r: %s", command, error)
+            return
+        if status != 0:
+            log.warning("timed-out command %r may still run: kill exited %s: %s", command, status,
+                        err.decode("utf-8", "replace").strip())
         else:
-            try:
-                self._exec(
-                    f"kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; true", 30.0, None, None
-                )
-                log.info("killed timed-out command %r (process group %d)", command, pid)
-            except InfrastructureError as err:
-                log.warning("could not kill timed-out command %r (pid %d): %s", command, pid, err)
-        channel.close()
+            log.info("killed timed-out command %r", command)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -372,7 +430,8 @@ class SshClient:
                 return
             except (OSError, paramiko.SSHException) as err:
                 raise InfrastructureError(f"copying {self.address}:{remote} to {local} failed: {err}") from None
-        status, out, err, _, _ = self._exec(f"cat {shlex.quote(remote)}", 600.0, None, None)
+        status, out, err, _ = self._exec(secrets.token_hex(8), f"cat {shlex.quote(remote)}",
+                                         time.monotonic() + 600, None, None)
         if status != 0:
             raise InfrastructureError(
                 f"copying {self.address}:{remote} failed: {err.decode('utf-8', 'replace').strip()}"
@@ -380,7 +439,7 @@ class SshClient:
         local.write_bytes(out)
 
     def _checked(self, command: str, stdin: Optional[bytes] = None) -> None:
-        status, _, err, _, timed_out = self._exec(command, 600.0, stdin, None)
+        status, _, err, timed_out = self._exec(secrets.token_hex(8), command, time.monotonic() + 600, stdin, None)
         if status != 0 or timed_out:
             raise InfrastructureError(
                 f"{command!r} on {self.address} failed: {err.decode('utf-8', 'replace').strip() or status}"
@@ -388,12 +447,10 @@ class SshClient:
 
 
 class _ChannelReader:
-    """Collects a channel's output, takes the PID line off stdout, and streams text to a callback."""
+    """Collects an exec channel's output and streams it, decoded, to a callback."""
 
     def __init__(self, on_output: Optional[OutputCallback]) -> None:
         self.on_output = on_output
-        self.pid: Optional[int] = None
-        self._head = b""
         self._out: list[bytes] = []
         self._err: list[bytes] = []
         self._decoders = {name: codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -404,31 +461,12 @@ class _ChannelReader:
             data = channel.recv(65536)
             if not data:
                 break
-            self._stdout(data)
+            self._emit("stdout", data, self._out)
         while channel.recv_stderr_ready():
             data = channel.recv_stderr(65536)
             if not data:
                 break
             self._emit("stderr", data, self._err)
-
-    def _stdout(self, data: bytes) -> None:
-        if self.pid is None:
-            self._head += data
-            line, newline, rest = self._head.partition(b"\n")
-            if not newline:
-                return
-            if line.startswith(PID_PREFIX):
-                try:
-                    self.pid = int(line[len(PID_PREFIX):])
-                except ValueError:
-                    self.pid = 0
-                data = rest
-            else:
-                self.pid = 0
-                data = self._head
-            self._head = b""
-        if data:
-            self._emit("stdout", data, self._out)
 
     def _emit(self, name: str, data: bytes, sink: list[bytes]) -> None:
         sink.append(data)
@@ -438,7 +476,7 @@ class _ChannelReader:
                 self.on_output(name, text)
 
     def stdout(self) -> bytes:
-        return b"".join(self._out) + (self._head if self.pid is None else b"")
+        return b"".join(self._out)
 
     def stderr(self) -> bytes:
         return b"".join(self._err)

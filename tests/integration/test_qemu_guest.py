@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 
 import pytest
@@ -58,15 +59,39 @@ def test_file_round_trip_is_byte_exact(qemu_guest, tmp_path):
     assert back.read_bytes() == data
 
 
-def test_timed_out_command_is_killed_with_its_children(qemu_guest):
+@pytest.mark.parametrize("command", [
+    "echo started; sh -c 'sleep 313 & sleep 314'; echo never",  # a child and a grandchild
+    "echo started; while :; do sleep 315; done | cat",  # a forked subshell in a pipeline
+    "echo started; (sleep 316 &); sleep 317",  # an orphan, reparented to init
+])
+@pytest.mark.parametrize("path", ["shell", "exec"])
+def test_timed_out_command_is_killed_with_everything_it_started(qemu_guest, command, path):
     start = time.monotonic()
-    result = qemu_guest.run("echo started; sh -c 'sleep 313 & sleep 314'; echo never", timeout=3)
-    assert result.timed_out and not result.ok
+    stdin = b"" if path == "exec" else None  # commands with stdin get their own exec channel
+    result = qemu_guest.run(command, timeout=3, stdin=stdin)
+    assert result.timed_out and not result.ok and result.exit_status == -9
     assert result.stdout == "started\n"
     assert time.monotonic() - start < 30
-    left = qemu_guest.run("ps -o pid,args | grep -E 'sleep 31[34]' | grep -v grep; true", timeout=30)
+    left = qemu_guest.run("ps -o pid,args | grep -E 'sleep 31[3-7]' | grep -v grep; true", timeout=30)
     assert left.stdout == "", f"still running in the guest: {left.stdout}"
     assert qemu_guest.run("echo alive", timeout=30).stdout == "alive\n"
+
+
+def test_late_background_output_does_not_leak_into_the_next_command(qemu_guest):
+    assert qemu_guest.run("(sleep 1; echo late) & echo quick", timeout=30).stdout == "quick\n"
+    time.sleep(2)
+    assert qemu_guest.run("echo next", timeout=30).stdout == "next\n"
+
+
+def test_concurrent_commands(qemu_guest):
+    results = {}
+    slow = threading.Thread(target=lambda: results.setdefault("slow", qemu_guest.run("sleep 2; echo slow")))
+    slow.start()
+    time.sleep(0.5)
+    results["fast"] = qemu_guest.run("echo fast", timeout=30)
+    slow.join(timeout=60)
+    assert results["fast"].stdout == "fast\n" and results["fast"].duration_s < 2
+    assert results["slow"].stdout == "slow\n"
 
 
 def test_console_run(qemu_guest):
