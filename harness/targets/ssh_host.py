@@ -10,12 +10,12 @@ process-group kills on timeout come from ``harness.transport.ssh.SshClient``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shlex
 import socket
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import paramiko
 
@@ -27,7 +27,7 @@ from ..hostops.known_hosts import (
     load_known_hosts,
     mismatch_error,
 )
-from ..transport.ssh import PID_PREFIX, SshClient, SshConnectionLost, SshError, _ChannelReader, _start_stdin_writer
+from ..transport.ssh import SshClient, SshError
 from .base import CommandResult, OutputCallback, Target, TargetFacts
 from .spec import TargetOptions, TargetSpec
 
@@ -107,36 +107,6 @@ class HostSshClient(SshClient):
         client.set_missing_host_key_policy(VerifyPolicy(self.known_hosts_path, self.accept_new_host_key))
         return client
 
-    def _exec(self, command: str, timeout: float, stdin: Optional[bytes],
-              on_output: Optional[OutputCallback]) -> tuple[int, bytes, bytes, float, bool]:
-        """As the base class, but with a wrapper that keeps the exit status under OpenSSH.
-
-        OpenSSH's sshd runs the login shell as a session (hence process-group) leader; ``setsid``
-        then forks and its parent exits 0 at once, so the base class's ``exec setsid sh -c CMD``
-        loses the status. Here ``setsid`` is used only when the shell does not lead its process group.
-        """
-        start = time.monotonic()
-        transport = self._transport(command)
-        try:
-            channel = transport.open_session(timeout=min(30.0, max(5.0, timeout)))
-            channel.exec_command(group_leader_wrapper(command))
-        except (paramiko.SSHException, EOFError, OSError) as err:
-            raise SshConnectionLost(f"cannot start command {command!r} on {self.address}: {err}") from None
-        writer = _start_stdin_writer(channel, stdin)
-        reader = _ChannelReader(on_output)
-        timed_out = False
-        try:
-            timed_out = self._pump(channel, reader, start + timeout, command)
-        finally:
-            if timed_out:
-                self._kill(reader, channel, command)
-            if not timed_out and not channel.exit_status_ready():
-                channel.close()
-            writer.join(timeout=1)
-        status = -9 if timed_out else (channel.recv_exit_status() if channel.exit_status_ready() else -1)
-        channel.close()
-        return status, reader.stdout(), reader.stderr(), time.monotonic() - start, timed_out
-
     def connect_until(self, deadline: float, *, retry: bool = True) -> None:
         """Connect, retrying reachability failures until ``deadline`` (only once with ``retry=False``)."""
         self.last_error = ""
@@ -148,7 +118,8 @@ class HostSshClient(SshClient):
                 raise HostUnreachable(f"cannot reach {self.host}:{self.port}: {self.last_error or 'no SSH answer'}")
 
         try:
-            self.connect(deadline, check=check)
+            with _quiet_paramiko():
+                self.connect(deadline, check=check)
         except BootError:
             reason = self.last_error or "no SSH answer"
             raise HostUnreachable(f"cannot reach {self.host}:{self.port}: {reason}") from None
@@ -164,12 +135,17 @@ class HostSshClient(SshClient):
             raise InfrastructureError(f"{self.host}:{self.port} could not forward to {host}:{port}: {err}") from None
 
 
-def group_leader_wrapper(command: str) -> str:
-    """Shell text that prints ``KVMH_PID <pgid>`` then runs ``command`` as leader of its own process group."""
-    quoted = shlex.quote(command)
-    return (f'_s=$(cat /proc/$$/stat 2>/dev/null); _s=${{_s##*) }}; set -- $_s; '
-            f'if [ "$3" = "$$" ]; then echo {PID_PREFIX.decode()}$$; exec sh -c {quoted}; '
-            f'else echo {PID_PREFIX.decode()}$$; exec setsid sh -c {quoted}; fi')
+@contextlib.contextmanager
+def _quiet_paramiko() -> Iterator[None]:
+    """Silence paramiko's transport thread while connecting: it logs every refused handshake of a
+    rebooting host as an ERROR with a traceback, although the caller handles (and retries) it."""
+    logger = logging.getLogger("paramiko.transport")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class SshHostTarget(Target):

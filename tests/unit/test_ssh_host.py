@@ -60,6 +60,7 @@ def _serve_exec(channel: paramiko.Channel, argv: list[str]) -> None:
                 break
             try:
                 proc.stdin.write(data)
+                proc.stdin.flush()
             except BrokenPipeError:
                 break
         try:
@@ -68,8 +69,11 @@ def _serve_exec(channel: paramiko.Channel, argv: list[str]) -> None:
             pass
 
     def pump(stream, send) -> None:
-        for chunk in iter(lambda: stream.read1(65536), b""):
-            send(chunk)
+        try:
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                send(chunk)
+        except OSError:  # the client went away
+            pass
 
     threads = [threading.Thread(target=feed, daemon=True),
                threading.Thread(target=pump, args=(proc.stdout, channel.sendall), daemon=True),
@@ -79,9 +83,12 @@ def _serve_exec(channel: paramiko.Channel, argv: list[str]) -> None:
     status = proc.wait()
     threads[1].join(5)
     threads[2].join(5)
-    channel.send_exit_status(status if status >= 0 else 128 - status)
-    channel.shutdown_write()
-    channel.close()
+    try:
+        channel.send_exit_status(status if status >= 0 else 128 - status)
+        channel.shutdown_write()
+        channel.close()
+    except OSError:  # the client went away
+        pass
 
 
 class FakeSshd:
