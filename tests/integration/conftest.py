@@ -41,6 +41,12 @@ def s390x_guest_image():
 
 
 @pytest.fixture(scope="session")
+def x86_64_guest_image():
+    require_qemu("x86_64")
+    return guest_image_or_skip("x86_64")
+
+
+@pytest.fixture(scope="session")
 def qemu_guest(s390x_guest_image, tmp_path_factory) -> Iterator[QemuTarget]:
     """One s390x guest booted under QEMU for the whole session."""
     artifacts = tmp_path_factory.mktemp("qemu-s390x")

@@ -5,10 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
+from harness.accel import host_arch, kvm_status
+from harness.targets.qemu import QemuTarget
+from harness.targets.spec import TargetOptions
+from harness.transport.ssh import SshClient, SshError, fingerprint, parse_public_key
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +129,57 @@ def test_console_command_timeout_is_reported(qemu_guest):
     result = qemu_guest.console_run("echo begun; sleep 60", timeout=3)
     assert result.timed_out and "begun" in result.stdout
     assert qemu_guest.console_run("echo back", timeout=60).stdout == "back\n"
+
+
+def _client(qemu_guest, **kwargs) -> SshClient:
+    return SshClient("127.0.0.1", qemu_guest.port, "root", key_file=qemu_guest.image.ssh_key, **kwargs)
+
+
+def test_wrong_pinned_host_key_is_refused_naming_fingerprints(qemu_guest):
+    wrong = Path(str(qemu_guest.image.ssh_key) + ".pub").read_text()  # a valid key, but not the host's
+    client = _client(qemu_guest, host_keys=[wrong])
+    with pytest.raises(SshError) as info:
+        client.connect(time.monotonic() + 60)
+    host_fp = fingerprint(parse_public_key(qemu_guest.image.host_key_pub))
+    wrong_fp = fingerprint(parse_public_key(wrong))
+    assert f"is ssh-ed25519 {host_fp}, expected {wrong_fp}" in str(info.value)
+    if shutil.which("ssh-keygen"):
+        pub = Path(qemu_guest.artifacts_dir) / "host.pub"
+        pub.write_text(qemu_guest.image.host_key_pub + "\n")
+        assert host_fp in subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], capture_output=True,
+                                         text=True).stdout
+
+
+def test_unknown_host_key_is_refused_unless_accepted(qemu_guest, tmp_path):
+    with pytest.raises(SshError, match="is not among the pinned keys"):
+        _client(qemu_guest).connect(time.monotonic() + 60)
+    known_hosts = tmp_path / "known_hosts"
+    accepting = _client(qemu_guest, known_hosts=known_hosts, accept_new_host_key=True)
+    accepting.connect(time.monotonic() + 60)
+    accepting.close()
+    recorded = known_hosts.read_text()
+    assert recorded.startswith(f"[127.0.0.1]:{qemu_guest.port} ssh-ed25519 ")
+    strict = _client(qemu_guest, known_hosts=known_hosts)
+    strict.connect(time.monotonic() + 60)
+    try:
+        assert strict.run("echo known", timeout=60).stdout == "known\n"
+    finally:
+        strict.close()
+
+
+def test_x86_64_guest_with_automatic_accelerator(x86_64_guest_image, tmp_path, qemu_procs):
+    target = QemuTarget("x86_64", TargetOptions(artifacts_dir=tmp_path, accel="auto"), image=x86_64_guest_image)
+    try:
+        target.start()
+        assert target.run("uname -m", timeout=60).stdout == "x86_64\n"
+        accelerator = target.facts().accelerator
+    finally:
+        target.close()
+    assert qemu_procs.gone(qemu_procs.pid(tmp_path))
+    if host_arch() == "x86_64" and kvm_status()[0]:
+        # KVM is tried first; a KVM that cannot boot the guest must be named in the facts.
+        assert accelerator == "kvm" or accelerator.startswith("tcg (kvm fell back: ")
+        if accelerator != "kvm":
+            assert (tmp_path / "console-kvm-attempt.log").exists()
+    else:
+        assert accelerator == "tcg"
