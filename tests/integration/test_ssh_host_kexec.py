@@ -71,6 +71,28 @@ def _console_tail(guest) -> str:
     return "\n".join(guest.console.last_lines(30)) if guest.console is not None else ""
 
 
+def test_forwarded_ssh_reaches_a_server_on_the_hosts_loopback(guest, tmp_path: Path) -> None:
+    """The nested-guest path: SSH to a server on the host's 127.0.0.1 through a direct-tcpip channel."""
+    from harness.hostops.nested import ForwardedSshClient
+
+    host = host_of(guest, tmp_path)
+    with host:
+        started = host.run("dropbear -s -p 127.0.0.1:2222 -r /etc/dropbear/dropbear_ed25519_host_key "
+                           "-P /run/dropbear-2222.pid")
+        assert started.ok, started.stderr
+        try:
+            inner = ForwardedSshClient(host, 2222, guest.image.ssh_key, guest.image.host_key_pub)
+            inner.connect(time.monotonic() + 60)
+            try:
+                result = inner.run("echo through-the-channel; cat /proc/sys/kernel/random/boot_id")
+            finally:
+                inner.close()
+            assert result.ok and result.stdout.startswith("through-the-channel\n")
+            assert result.stdout.split()[1] == host.run("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+        finally:
+            host.run("kill $(cat /run/dropbear-2222.pid)")
+
+
 def test_install_with_kexec_boots_the_kernel_and_restore_removes_it(guest, kexec_kernel, tmp_path: Path) -> None:
     host = host_of(guest, tmp_path)
     with host:
