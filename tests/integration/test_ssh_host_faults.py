@@ -268,3 +268,21 @@ def test_host_that_never_comes_back(kexec_kernel, tmp_path: Path) -> None:
         assert "Kernel panic" in "\n".join(doomed.console.last_lines(60))
     finally:
         doomed.close()
+
+
+def test_running_kernel_without_kexec(kexec_kernel, tmp_path: Path) -> None:
+    # Debian's s390x kernel (the default guest image) is built without CONFIG_KEXEC.
+    debian = make_target("qemu:s390x", TargetOptions(boot_timeout=BOOT_TIMEOUT, artifacts_dir=tmp_path / "debian"))
+    debian.start()
+    try:
+        known = tmp_path / "known_hosts"
+        known.write_text(debian.image.known_hosts_line("127.0.0.1", debian.port) + "\n")
+        with _host(debian, known) as host:
+            release = host.run("uname -r").stdout.strip()
+            message = _one_line_infra_error(lambda: install_kernel(host, kexec_kernel.image))
+        assert message == (f"the running kernel {release} on ssh://root@127.0.0.1:{debian.port} has no kexec support "
+                           f"(no /proc/sys/kernel/kexec_load_disabled): boot a kernel built with CONFIG_KEXEC, "
+                           f"or use --zipl")
+        assert debian.run(LEFTOVERS).stdout.strip() == ""
+    finally:
+        debian.close()
