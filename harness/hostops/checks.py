@@ -211,6 +211,9 @@ def check_prerequisites(target: Target, kernel: LocalKernel, method: str,
     spec = target.spec
     probe = probe_host(target, layout, kernel.release)
     check_image_arch(kernel.image, probe.arch, spec)
+    if kernel.release == "unknown":
+        raise InfrastructureError(f"cannot read the kernel release from {kernel.image} (no version string found): "
+                                  f"pass the image the kernel build produced")
     shell = HostShell(target)
     warnings: list[str] = []
     if method == "kexec":

@@ -91,5 +91,5 @@ class HostShell:
         """Write ``text`` to ``remote`` as root, atomically (temporary file, then rename)."""
         quoted = shlex.quote(remote)
         tmp = shlex.quote(remote + ".tmp")
-        self.check(f"mkdir -p $(dirname {quoted}) && cat > {tmp} && chmod {mode:o} {tmp} && mv -f {tmp} {quoted}",
+        self.check(f"mkdir -p \"$(dirname {quoted})\" && cat > {tmp} && chmod {mode:o} {tmp} && mv -f {tmp} {quoted}",
                    what, stdin=text.encode())

@@ -56,6 +56,8 @@ def x86_bzimage(path: Path) -> Path:
     data[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", data, 0x206, 0x020F)
     struct.pack_into("<H", data, 0x236, 1)
+    struct.pack_into("<H", data, 0x20E, 0x1000 - 0x200)  # kernel_version: offset of the version string - 0x200
+    data[0x1000:0x1000 + 40] = f"{RELEASE} (builder@buildhost) {UTS}"[:39].encode() + b"\0"
     path.write_bytes(bytes(data))
     return path
 
@@ -262,6 +264,15 @@ def test_check_space_on_ramfs_root_uses_available_memory() -> None:
         check_space(probe, {"/boot": 150_000, "/lib/modules": 50_000, "/var/lib/kvmh": 8}, "h")
 
 
+def test_image_without_a_release_is_refused(layout: HostLayout, tmp_path: Path) -> None:
+    host = _fake_host(layout, tmp_path)
+    image = tmp_path / "stripped"
+    image.write_bytes(bytes.fromhex("00080000" "80010000" "0200001860000050" "0200006860000050") + bytes(8192))
+    with pytest.raises(InfrastructureError, match="cannot read the kernel release from .*stripped"):
+        install_kernel(host, image, layout=layout)
+    assert _host_files(layout) == []
+
+
 def test_image_arch_check(tmp_path: Path) -> None:
     check_image_arch(s390x_image(tmp_path / "s390"), "s390x", "h")
     with pytest.raises(InfrastructureError) as info:
@@ -329,7 +340,9 @@ def test_kexec_commands() -> None:
 
 def test_image_uts_version(tmp_path: Path) -> None:
     assert boot.image_uts_version(s390x_image(tmp_path / "k")) == UTS
-    assert boot.image_uts_version(x86_bzimage(tmp_path / "x")) is None
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"no version string here" * 100)
+    assert boot.image_uts_version(junk) is None
 
 
 DEBIAN_ZIPL = """[defaultboot]
