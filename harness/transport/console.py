@@ -34,7 +34,7 @@ import pexpect
 
 from ..errors import BootError, InfrastructureError
 from ..targets.base import CommandResult
-from .panic import ConsoleScanner, KernelPanic, is_printk, summarize
+from .panic import ConsoleScanner, KernelPanic, is_printk, seconds, summarize
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ class Console:
                                     details="\n".join(self.scanner.last_lines(50)))
                 if now >= deadline:
                     raise BootError(
-                        f"{what} not seen within {now - called:.0f} s; "
+                        f"{what} not seen within {seconds(now - called)}; "
                         f"last console lines: {summarize(self.scanner.last_lines(20))}",
                         details="\n".join(self.scanner.last_lines(50)),
                     )
@@ -338,9 +338,9 @@ class Console:
 
     def _silence_message(self, silence: float, what: str) -> str:
         if self.first_output_at is None:
-            return (f"guest printed nothing for {silence:.0f} s (waiting for {what}): "
+            return (f"guest printed nothing for {seconds(silence)} (waiting for {what}): "
                     f"the kernel did not start or has no console on this machine")
-        return (f"guest printed nothing for {silence:.0f} s (waiting for {what}); "
+        return (f"guest printed nothing for {seconds(silence)} (waiting for {what}); "
                 f"last console lines: {summarize(self.scanner.last_lines(20))}")
 
     def _exit_text(self) -> str:

@@ -135,3 +135,8 @@ def summarize(lines: Iterable[str], count: int = 3, width: int = 160) -> str:
     kept = [line.strip() for line in lines if line.strip()][-count:]
     text = " | ".join(kept) if kept else "(no console output)"
     return text if len(text) <= width * count else text[-width * count:]
+
+
+def seconds(value: float) -> str:
+    """``1.5 s`` below ten seconds, ``42 s`` above: for messages about waits."""
+    return f"{value:.1f} s" if value < 9.95 else f"{value:.0f} s"

@@ -31,6 +31,7 @@ import paramiko
 from ..errors import BootError, InfrastructureError, UsageError
 from ..targets.base import CommandResult, OutputCallback
 from .cmdshell import ENV_MARK, CommandShell, ShellGone, kill_script
+from .panic import seconds
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class SshClient:
             if remaining <= 0:
                 extra = f"; {context()}" if context is not None else ""
                 raise BootError(
-                    f"SSH on {self.address} not up within {time.monotonic() - started:.0f} s "
+                    f"SSH on {self.address} not up within {seconds(time.monotonic() - started)} "
                     f"({attempts} attempts, last: {last_error}){extra}"
                 )
             attempts += 1
