@@ -13,7 +13,9 @@ class ArchSpec:
 
     ``tcg_cpu``/``kvm_cpu`` are the ``-cpu`` values per accelerator; ``console`` is the kernel's
     console device (``console=...``); ``cmdline`` holds the kernel parameters the harness always
-    passes (``panic=-1`` so that a panic reboots and ``-no-reboot`` ends QEMU).
+    passes (``panic=-1`` so that a panic reboots and ``-no-reboot`` ends QEMU; oopses stay
+    non-fatal and are caught on the console); ``kernel_image`` is where a kernel build leaves the
+    bootable image; ``max_tcg_cpus`` caps the vCPUs under TCG.
     """
 
     name: str
@@ -26,6 +28,7 @@ class ArchSpec:
     nic_device: str
     rng_device: str
     cmdline: tuple[str, ...]
+    kernel_image: str = ""
     max_tcg_cpus: int = 8
     default_memory_mb: int = 2048
     firmware_banners: tuple[str, ...] = ()

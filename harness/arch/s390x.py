@@ -22,6 +22,7 @@ S390X = ArchSpec(
     nic_device="virtio-net-ccw",
     rng_device="virtio-rng-ccw",
     cmdline=("panic=-1", "loglevel=7"),
+    kernel_image="arch/s390/boot/bzImage",
     max_tcg_cpus=8,
     default_memory_mb=2048,
 )

@@ -15,6 +15,7 @@ X86_64 = ArchSpec(
     nic_device="virtio-net-pci",
     rng_device="virtio-rng-pci",
     cmdline=("panic=-1", "loglevel=7"),
+    kernel_image="arch/x86/boot/bzImage",
     max_tcg_cpus=8,
     default_memory_mb=2048,
     firmware_banners=("SeaBIOS", "iPXE", "Booting from ROM", "Booting from Hard Disk"),

@@ -158,8 +158,8 @@ class QemuTarget(Target):
         if not looks_like_kernel(path, self.arch):
             other = kernel_arch_of(path)
             what = f"an {other} kernel" if other else "not a kernel image"
-            raise UsageError(f"kernel image {path} is {what}, not a {self.arch} kernel: pass the {self.arch} image "
-                             f"(arch/s390/boot/bzImage or arch/x86/boot/bzImage)")
+            raise UsageError(f"kernel image {path} is {what}, not a {self.arch} kernel: pass the {self.arch} "
+                             f"image a kernel build leaves in {self.arch_spec.kernel_image}")
 
     def _artifacts_dir(self) -> Path:
         if self.options.artifacts_dir is not None:
@@ -349,8 +349,10 @@ class QemuTarget(Target):
     def facts(self) -> TargetFacts:
         release = self.image.kernel_release if self.image is not None else ""
         if self.ssh is not None and not self._closed:
-            result = self.run("uname -r", timeout=30)
-            release = result.stdout.strip() or release
+            try:
+                release = self.run("uname -r", timeout=30).stdout.strip() or release
+            except HarnessError as err:
+                log.warning("cannot ask %s for its kernel release: %s", self.spec, err)
         extra = {"qemu_cpu": self.arch_spec.cpu(self.accelerator)} if self.accelerator else {}
         if self.artifacts_dir is not None:
             extra["console_log"] = str(self.artifacts_dir / "console.log")
