@@ -55,7 +55,10 @@ def _serve_exec(channel: paramiko.Channel, argv: list[str]) -> None:
 
     def feed() -> None:
         while True:
-            data = channel.recv(65536)
+            try:
+                data = channel.recv(65536)
+            except (OSError, EOFError):  # the client went away
+                data = b""
             if not data:
                 break
             try:
@@ -72,7 +75,7 @@ def _serve_exec(channel: paramiko.Channel, argv: list[str]) -> None:
         try:
             for chunk in iter(lambda: stream.read1(65536), b""):
                 send(chunk)
-        except OSError:  # the client went away
+        except (OSError, EOFError):  # the client went away
             pass
 
     threads = [threading.Thread(target=feed, daemon=True),
@@ -87,7 +90,7 @@ def _serve_exec(channel: paramiko.Channel, argv: list[str]) -> None:
         channel.send_exit_status(status if status >= 0 else 128 - status)
         channel.shutdown_write()
         channel.close()
-    except OSError:  # the client went away
+    except (OSError, EOFError):  # the client went away
         pass
 
 
