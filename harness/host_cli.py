@@ -42,7 +42,7 @@ def host_main(args: argparse.Namespace) -> int:
         target.start()
         if action == "install":
             return _install(target, args, options)
-        return _restore(target, options)
+        return _restore(target, options, reboot=not getattr(args, "no_reboot", False))
     finally:
         target.close()
 
@@ -52,7 +52,9 @@ def _install(target, args: argparse.Namespace, options: TargetOptions) -> int:
 
     method = getattr(args, "method", "kexec") or "kexec"
     started = time.monotonic()
+    # --initrd and --append are read when the parser offers them (optional arguments of `host install`).
     record = install_kernel(target, options.kernel, options.modules_dir, method=method,
+                            initrd=getattr(args, "initrd", None), extra_cmdline=getattr(args, "append", "") or "",
                             boot_timeout=options.boot_timeout)
     print(f"host:       {target.spec}")
     print(f"running:    {record.release} (was {record.previous_release})")
@@ -65,10 +67,10 @@ def _install(target, args: argparse.Namespace, options: TargetOptions) -> int:
     return EXIT_OK
 
 
-def _restore(target, options: TargetOptions) -> int:
+def _restore(target, options: TargetOptions, reboot: bool = True) -> int:
     from .hostops import restore
 
-    result = restore(target, reboot=True, deadline=time.monotonic() + options.boot_timeout)
+    result = restore(target, reboot=reboot, deadline=time.monotonic() + options.boot_timeout)
     if result.nothing_to_do:
         print(f"{target.spec}: nothing installed by kvmh, nothing to restore")
         return EXIT_OK
