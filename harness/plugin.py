@@ -41,12 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="retry a failed test once; a pass on retry is reported as flaky")
     group.addoption("--kvm-property", action="append", default=[], metavar="NAME=VALUE",
                     help="extra JUnit testsuite property (series, base commit, ...)")
-    try:
-        from .selftests.pytest_items import add_options as add_selftest_options
-    except ImportError:
-        pass
-    else:
-        add_selftest_options(group)
+    from .selftests.pytest_items import add_options as add_selftest_options
+
+    add_selftest_options(group)
 
 
 def target_options(config: pytest.Config) -> TargetOptions:
@@ -112,11 +109,9 @@ def pytest_configure(config: pytest.Config) -> None:
     setattr(config, SESSION_KEY, _TargetHolder(config))
     install_sigterm_handler()
     _junit_keeps_kernel_log(config)
-    try:
-        from .selftests import pytest_items
-    except ImportError:
-        pass
-    else:
+    from .selftests import pytest_items
+
+    if not config.pluginmanager.is_registered(pytest_items):
         config.pluginmanager.register(pytest_items, "kvm_harness_selftests")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import base64
 import gzip
 import io
@@ -288,8 +290,12 @@ def test_s390_vmlinux_elf_is_recognised(tmp_path: Path) -> None:
 def _real_s390_kernels() -> list[Path]:
     from harness.paths import cache_dir
 
-    images = sorted((cache_dir() / "images").glob("s390x-*/vmlinuz"))
-    return images[:1]
+    debian = []
+    for kernel in sorted((cache_dir() / "images").glob("s390x-*/vmlinuz")):
+        manifest = kernel.with_name("manifest.json")
+        if manifest.exists() and not json.loads(manifest.read_text()).get("kernel_source", "").startswith("user:"):
+            debian.append(kernel)
+    return debian[:1]
 
 
 @pytest.mark.skipif(not _real_s390_kernels(), reason="no s390x image built yet (python -m guest_images)")
