@@ -237,8 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         ph = hsub.add_parser(name, help=helptext)
         _add_target_args(ph)
         if name == "install":
-            ph.add_argument("--kexec", dest="method", action="store_const", const="kexec", default="kexec")
-            ph.add_argument("--zipl", dest="method", action="store_const", const="zipl")
+            ph.add_argument("--kexec", dest="method", action="store_const", const="kexec", default="kexec",
+                            help="boot the kernel once with kexec (default; a reset brings the old one back)")
+            ph.add_argument("--zipl", dest="method", action="store_const", const="zipl",
+                            help="make the kernel the default IPL entry (s390x, persistent)")
+            ph.add_argument("--initrd", type=Path, help="initramfs to boot with (default: built on the host)")
+            ph.add_argument("--append", default="", help="extra kernel command line")
+        else:
+            ph.add_argument("--no-reboot", action="store_true", help="remove the files but do not reboot")
         ph.set_defaults(func=cmd_host)
     return parser
 
