@@ -186,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_args(p)
     p.add_argument("--tree", type=Path, help="kernel tree (default: Debian's linux-source-6.12)")
     p.add_argument("--series", help="mbox, directory of .patch files, git range or message-id to apply")
+    p.add_argument("--base", help="base commit for --series (default HEAD)")
+    p.add_argument("--config", type=Path, help="start the kernel config from this .config")
     p.add_argument("--config-fragment", type=Path, action="append", default=[], help="extra kernel config")
+    p.add_argument("--debug", action="store_true", help="add the debug config fragment (lockdep, kmemleak)")
     p.add_argument("--artifacts", type=Path, help="artifacts root (default ./kvmh-artifacts)")
     p.add_argument("--junitxml", type=Path, help="also write the JUnit file here")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
@@ -219,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="start from this .config instead of the small default")
     p.add_argument("--config-fragment", type=Path, action="append", default=[], help="extra config fragment")
     p.add_argument("--debug", action="store_true", help="add the debug fragment (lockdep, kmemleak, LKDTM)")
+    p.add_argument("--in-place", action="store_true",
+                   help="build the tree as it is (refused when it has uncommitted changes; never with --series)")
+    p.add_argument("--jobs", "-j", type=int, help="parallel make jobs (default: number of CPUs)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("compare", help="compare two JUnit files: regressions, fixes, new, vanished, new splats")
