@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import pytest
 
-from .errors import EXIT_INFRA, EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE, HarnessError
+from .errors import EXIT_INFRA, EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE, HarnessError, UsageError
 from .signals import install_sigterm_handler
 from .targets.spec import TargetOptions, make_target, parse_target_spec
 
@@ -86,10 +86,12 @@ def _has_option(args: Sequence[str], name: str) -> bool:
     return any(a == name or a.startswith(name + "=") for a in args)
 
 
-def run_pytest(args: list[str], *, artifacts_root: Optional[Path], target: str) -> int:
+def run_pytest(args: list[str], *, artifacts_root: Optional[Path], target: str,
+               artifacts: Optional[Path] = None) -> int:
     """Run pytest in-process with an artifacts dir and JUnit file; map its result to kvmh's exit codes."""
     install_sigterm_handler()
-    artifacts = new_artifacts_dir(artifacts_root, target)
+    if artifacts is None:
+        artifacts = new_artifacts_dir(artifacts_root, target)
     args = list(args)
     if not _has_option(args, "--kvm-artifacts"):
         args += ["--kvm-artifacts", str(artifacts)]
@@ -130,13 +132,18 @@ def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    artifacts_root = args.artifacts
+    parse_target_spec(args.target)
+    artifacts = new_artifacts_dir(args.artifacts, args.target)
     if args.series:
         if args.kernel is not None:
-            raise HarnessError("--series builds its own kernel: drop --kernel, or drop --series to boot --kernel")
+            raise UsageError("--series builds its own kernel: drop --kernel, or drop --series to boot --kernel")
         from .kernel.cli import build_for_run
 
-        build = build_for_run(args)
+        try:
+            build = build_for_run(args)
+        except HarnessError as err:
+            _report_infra_failure(artifacts, args, "kernel build", err)
+            raise
         args.kernel = build.image
         args.modules = build.modules_dir
         extra += build.pytest_properties_args()
@@ -147,4 +154,15 @@ def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace
     if args.junitxml is not None:
         pytest_args.append(f"--junitxml={args.junitxml}")
     pytest_args += ["-rs", *extra]
-    return run_pytest(pytest_args, artifacts_root=artifacts_root, target=args.target)
+    return run_pytest(pytest_args, artifacts_root=args.artifacts, target=args.target, artifacts=artifacts)
+
+
+def _report_infra_failure(artifacts: Path, args: argparse.Namespace, stage: str, err: HarnessError) -> None:
+    """Leave a JUnit file naming the failed stage, so CI dashboards show why no test ran."""
+    from .results.infra_junit import write_infra_failure
+
+    properties = {"target": args.target, "tree": str(args.tree or "linux-source-6.12"), "series": str(args.series)}
+    write_infra_failure(artifacts / "junit.xml", stage, str(err), err.details, properties)
+    if args.junitxml is not None:
+        write_infra_failure(Path(args.junitxml), stage, str(err), err.details, properties)
+    print(f"kvmh: artifacts in {artifacts}", file=sys.stderr)

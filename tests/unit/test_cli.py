@@ -71,3 +71,22 @@ def test_doctor_names_a_package_for_each_gap(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(doctor, "CHECKS", checks)
     assert doctor.run_doctor(lines.append) == 1
     assert any("MISSING" in line and "qemu-system-misc" in line for line in lines)
+
+
+def test_a_series_that_cannot_be_read_leaves_a_junit_file_naming_the_stage(tmp_path, capsys) -> None:
+    import xml.etree.ElementTree as ET
+
+    empty = tmp_path / "empty.mbox"
+    empty.write_text("From nobody Mon Sep 17 00:00:00 2001\nSubject: just words\n\nno diff here\n")
+    tree = tmp_path / "tree"
+    for name in ("Makefile", "Kconfig", "arch/.keep", "include/uapi/linux/kvm.h"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("")
+    junit = tmp_path / "out.xml"
+    status = cli.main(["run", "--tree", str(tree), "--series", str(empty), "--artifacts", str(tmp_path / "a"),
+                       "--junitxml", str(junit)])
+    assert status == EXIT_INFRA
+    assert "contains no patches" in capsys.readouterr().err
+    case = ET.parse(junit).getroot().find(".//testcase")
+    assert case.get("name") == "kernel build" and case.find("error") is not None
+    assert "contains no patches" in case.find("error").get("message")
