@@ -19,4 +19,5 @@ $SUDO apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
 
 python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python3 -m pip install -q -e '.[test]'
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 echo "kvm-harness set up: $(command -v kvmh)"
