@@ -322,6 +322,14 @@ class QemuTarget(Target):
     def get(self, remote: str, local: Path) -> None:
         self._guard(f"copying {remote} from the guest", lambda: self.ssh.get(remote, local))
 
+    def interact(self) -> None:
+        """Attach the terminal to the guest's serial console until Ctrl-] (or the guest ends)."""
+        from ..transport.interactive import attach
+
+        if self.console is None:
+            raise InfrastructureError(f"{self.spec} has no console: start it first")
+        attach(self.console)
+
     def console_run(self, command: str, timeout: float = 60.0) -> CommandResult:
         """Run ``command`` on the serial console's root shell (stdout and stderr merged)."""
         _, console = self._require_up(f"console command {command!r}")

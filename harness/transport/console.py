@@ -83,6 +83,7 @@ class Console:
         self._eof = False
         self._panic_at: Optional[float] = None
         self._listeners: list[LineListener] = []
+        self._raw_listeners: list[Callable[[bytes], None]] = []
         self._reader: Optional[threading.Thread] = None
         self._log_file = None
         self.started_at = 0.0
@@ -192,6 +193,24 @@ class Console:
         """Call ``listener(line)`` from the reader thread for every complete console line."""
         self._listeners.append(listener)
 
+    def add_raw_listener(self, listener: Callable[[bytes], None]) -> None:
+        """Call ``listener(data)`` from the reader thread with every chunk the console prints."""
+        self._raw_listeners.append(listener)
+
+    def remove_raw_listener(self, listener: Callable[[bytes], None]) -> None:
+        if listener in self._raw_listeners:
+            self._raw_listeners.remove(listener)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send raw bytes (keystrokes) to the console."""
+        if self._child is None:
+            raise ConsoleClosed(f"{self.name} console is not running")
+        self._child.send(data)
+
+    @property
+    def closed(self) -> bool:
+        return self._eof
+
     def _read_loop(self) -> None:
         assert self._child is not None
         fd = self._child.child_fd
@@ -209,6 +228,8 @@ class Console:
             if self._log_file is not None and not self._log_file.closed:
                 self._log_file.write(data)
                 self._log_file.flush()
+            for raw_listener in list(self._raw_listeners):
+                raw_listener(data)
             self._take(decoder.decode(data))
         self._take(decoder.decode(b"", final=True), final=True)
         # The pty closes while the process exits; wait until it can be reaped so its status is known.
