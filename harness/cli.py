@@ -79,8 +79,10 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from .run import boot_and_run
+    from .run import boot_and_run, dry_run
 
+    if args.dry_run:
+        return dry_run(args.target, _target_options(args, args.artifacts))
     return boot_and_run(args.target, _target_options(args, args.artifacts), args.run, args.timeout)
 
 
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_args(p)
     p.add_argument("--run", metavar="CMD", help="command to run once the target is up")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds --run may take")
+    p.add_argument("--dry-run", action="store_true", help="print the QEMU command instead of booting")
     p.add_argument("--artifacts", type=Path, help="directory for the console log and QEMU command")
     p.set_defaults(func=cmd_boot)
 

@@ -72,6 +72,16 @@ def boot_and_run(spec: str, options: TargetOptions, command: Optional[str], time
         target.close()
 
 
+def dry_run(spec: str, options: TargetOptions) -> int:
+    """Print the command that would boot ``spec`` (QEMU targets only)."""
+    target = make_target(spec, options)
+    command = getattr(target, "dry_run_command", None)
+    if command is None:
+        raise UsageError(f"--dry-run shows a QEMU command line: target {spec} boots no QEMU")
+    print(command())
+    return EXIT_OK
+
+
 class _RunObserver:
     """A pytest plugin object that keeps the config so the CLI can read the run's infrastructure errors."""
 

@@ -124,6 +124,17 @@ class QemuTarget(Target):
         log.info("%s up: SSH on 127.0.0.1:%d after %.1f s (%s); artifacts in %s", self.spec, self.port,
                  self.timings["ssh"], self.accelerator_description, self.artifacts_dir)
 
+    def dry_run_command(self) -> str:
+        """The QEMU command ``start()`` would run first (the image is built if needed; nothing boots)."""
+        binary = self._check_binary()
+        self._check_kernel()
+        if self.image is None:
+            from guest_images import build_image
+
+            self.image = build_image(self.arch, kernel=self.options.kernel, modules_dir=self.options.modules_dir)
+        choice = choose_accelerator(self.options.accel, self.arch)
+        return shlex.join(self.qemu_argv(binary, choice.name, _free_port()))
+
     def close(self) -> None:
         """Disconnect and stop QEMU (SIGTERM, then SIGKILL of its process group); idempotent."""
         if self._closed:

@@ -87,3 +87,19 @@ def test_main_job_on_the_default_s390x_guest(tmp_path: Path) -> None:
         assert (artifacts / name).exists(), name
     assert "-cpu qemu,vx=off" in (artifacts / "qemu-cmdline.txt").read_text()
     assert "kvm-harness summary" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-s390x") is None, reason="qemu-system-s390x missing (qemu-system-misc)")
+def test_boot_dry_run_prints_the_qemu_command(tmp_path: Path) -> None:
+    result = kvmh("boot", "--dry-run", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "qemu-system-s390x" in result.stdout and "restrict=on,hostfwd=tcp:127.0.0.1:" in result.stdout
+    assert "-no-reboot" in result.stdout and "panic=-1" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-s390x") is None, reason="qemu-system-s390x missing (qemu-system-misc)")
+def test_boot_run_returns_the_commands_status(tmp_path: Path) -> None:
+    result = kvmh("boot", "--target", "qemu:s390x", "--run", "uname -m", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0 and result.stdout.strip() == "s390x", result.stderr
+    result = kvmh("boot", "--target", "qemu:s390x", "--run", "exit 7", cwd=tmp_path, timeout=900)
+    assert result.returncode == 7, result.stderr

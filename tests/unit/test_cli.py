@@ -90,3 +90,8 @@ def test_a_series_that_cannot_be_read_leaves_a_junit_file_naming_the_stage(tmp_p
     case = ET.parse(junit).getroot().find(".//testcase")
     assert case.get("name") == "kernel build" and case.find("error") is not None
     assert "contains no patches" in case.find("error").get("message")
+
+
+def test_dry_run_of_a_non_qemu_target_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["boot", "--dry-run", "--target", "local"]) == EXIT_USAGE
+    assert "boots no QEMU" in capsys.readouterr().err
