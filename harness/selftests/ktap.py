@@ -710,7 +710,39 @@ def program_result(name: str, output: str, exit_status: Optional[int], timed_out
         log=lines,
     )
     log.debug("%s: %s (%s)", name, outcome.value, reason.splitlines()[0] if reason else "")
+    explain_unknown_skips(result)
     return result
+
+
+_UNKNOWN_SKIP = ("", "unknown")
+_SKIP_ALL_FRAGMENT_RE = re.compile(r"(?:#\s*)?1\.\.0\s*#\s*SKIP\s*(?:-\s*)?", re.IGNORECASE)
+_SKIP_ALL_RE = re.compile(r"^(?:#\s*)?1\.\.0\s*#\s*SKIP\s*(?:-\s*)?(.*)$", re.IGNORECASE)
+
+
+def explain_unknown_skips(result: TestResult) -> None:
+    """Replace the kselftest harness's ``# SKIP unknown`` by the reason the test printed itself.
+
+    Also drops a raw ``1..0 # SKIP -`` prefix a skip reason may carry (a program that printed a plan
+    and then skipped, like ``tprot``).
+
+    A kselftest_harness test whose setup calls ``ksft_exit_skip()`` (KVM's TEST_REQUIRE, e.g. no
+    /dev/kvm) is reported as ``ok N name # SKIP unknown``; its own ``1..0 # SKIP reason`` line is a
+    diagnostic of that test. The program's reason follows when it was ``unknown`` too.
+    """
+    for sub in result.walk():
+        if sub.outcome is Outcome.SKIP and _SKIP_ALL_FRAGMENT_RE.search(sub.reason):
+            sub.reason = _SKIP_ALL_FRAGMENT_RE.sub("", sub.reason)
+        if sub.outcome is not Outcome.SKIP or sub.reason.strip() not in _UNKNOWN_SKIP:
+            continue
+        for line in sub.diagnostics + sub.log:
+            match = _SKIP_ALL_RE.match(line.strip())
+            if match and match.group(1).strip():
+                sub.reason = match.group(1).strip()
+                break
+    if result.outcome is Outcome.SKIP and result.reason.strip() in _UNKNOWN_SKIP:
+        explained = [s.reason for s in result.subtests if s.outcome is Outcome.SKIP and s.reason not in _UNKNOWN_SKIP]
+        if explained:
+            result.reason = explained[0]
 
 
 def _skip_reason(facts: _RootFacts, subtests: list[TestResult], tail: list[str]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import posixpath
-import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -126,37 +125,6 @@ def _strip_timeout_mark(output: str, exit_status: int) -> tuple[str, bool]:
     if not sep:
         return output, False
     return head + "\n", True
-
-
-_UNKNOWN_SKIP = ("", "unknown")
-_SKIP_ALL_FRAGMENT_RE = re.compile(r"(?:#\s*)?1\.\.0\s*#\s*SKIP\s*(?:-\s*)?", re.IGNORECASE)
-_SKIP_ALL_RE = re.compile(r"^(?:#\s*)?1\.\.0\s*#\s*SKIP\s*(?:-\s*)?(.*)$", re.IGNORECASE)
-
-
-def explain_unknown_skips(result: TestResult) -> None:
-    """Replace the kselftest harness's ``# SKIP unknown`` by the reason the test printed itself.
-
-    Also drops a raw ``1..0 # SKIP -`` prefix a skip reason may carry (a program that printed a plan
-    and then skipped, like ``tprot``).
-
-    A kselftest_harness test whose setup calls ``ksft_exit_skip()`` (KVM's TEST_REQUIRE, e.g. no
-    /dev/kvm) is reported as ``ok N name # SKIP unknown``; its own ``1..0 # SKIP reason`` line is a
-    diagnostic of that test. The program's reason follows when it was ``unknown`` too.
-    """
-    for sub in result.walk():
-        if sub.outcome is Outcome.SKIP and _SKIP_ALL_FRAGMENT_RE.search(sub.reason):
-            sub.reason = _SKIP_ALL_FRAGMENT_RE.sub("", sub.reason)
-        if sub.outcome is not Outcome.SKIP or sub.reason.strip() not in _UNKNOWN_SKIP:
-            continue
-        for line in sub.diagnostics + sub.log:
-            match = _SKIP_ALL_RE.match(line.strip())
-            if match and match.group(1).strip():
-                sub.reason = match.group(1).strip()
-                break
-    if result.outcome is Outcome.SKIP and result.reason.strip() in _UNKNOWN_SKIP:
-        explained = [s.reason for s in result.subtests if s.outcome is Outcome.SKIP and s.reason not in _UNKNOWN_SKIP]
-        if explained:
-            result.reason = explained[0]
 
 
 def select_programs(programs: Sequence[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
@@ -286,7 +254,6 @@ class SelftestRunner:
         timed_out = res.timed_out or supervised_timeout
         status = None if timed_out else res.exit_status
         result = program_result(program, output, status, timed_out=timed_out)
-        explain_unknown_skips(result)
         if timed_out:
             rest = result.reason[len("timed out"):] if result.reason.startswith("timed out") else "; " + result.reason
             result.reason = f"timeout after {timeout:g} s{rest}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.selftests import ktap as ktap_mod
 from harness.selftests import runner as sr
 from harness.selftests.build import SelftestBuild
 from harness.selftests.ktap import Outcome
@@ -407,11 +408,11 @@ def test_unknown_harness_skips_get_the_printed_reason():
 
     result = program_result("s390x/ucontrol_test", UCONTROL, 0)
     assert result.outcome is Outcome.SKIP
-    sr.explain_unknown_skips(result)
+    ktap_mod.explain_unknown_skips(result)
     assert result.reason == "Cannot open /dev/kvm: No such file or directory"
     assert [s.reason for s in result.subtests] == ["Cannot open /dev/kvm: No such file or directory"] * 2
     plain = program_result("p", "TAP version 13\n1..1\nok 1 a # SKIP unknown\n", 0)
-    sr.explain_unknown_skips(plain)
+    ktap_mod.explain_unknown_skips(plain)
     assert plain.subtests[0].reason == "unknown", "nothing better was printed"
 
 
