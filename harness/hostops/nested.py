@@ -123,8 +123,9 @@ class NestedQemuTarget(Target):
     kind = "nested-qemu"
 
     def __init__(self, host: Any, image: Any, options: Optional[TargetOptions] = None, *,
-                 arch: str = "s390x") -> None:
+                 arch: str = "s390x", owns_host: bool = False) -> None:
         self.host = host
+        self.owns_host = owns_host
         self.image = image
         self.options = options or TargetOptions()
         self.arch = arch
@@ -138,6 +139,12 @@ class NestedQemuTarget(Target):
         return nested_skip_reason(probe_nested(self.host), self.arch)
 
     def start(self) -> None:
+        if self.owns_host and not self.host.connected():
+            self.host.start()
+        if self.image is None:
+            from guest_images import build_image
+
+            self.image = build_image(self.arch, kernel=self.options.kernel, modules_dir=self.options.modules_dir)
         info = probe_nested(self.host)
         reason = nested_skip_reason(info, self.arch)
         if reason:
@@ -226,3 +233,5 @@ class NestedQemuTarget(Target):
             except InfrastructureError as err:
                 log.warning("could not stop the nested guest on %s: %s", self.host.spec, err)
             self.remote_dir = ""
+        if self.owns_host:
+            self.host.close()

@@ -35,7 +35,7 @@ class TargetOptions:
 class TargetSpec:
     """A parsed target spec."""
 
-    kind: str  # qemu | local | model | ssh
+    kind: str  # qemu | local | model | ssh | nested (a QEMU guest run on an ssh host)
     arch: str = ""
     user: str = "root"
     host: str = ""
@@ -47,13 +47,15 @@ class TargetSpec:
             return f"qemu:{self.arch}"
         if self.kind == "ssh":
             return f"ssh://{self.user}@{self.host}:{self.port}"
+        if self.kind == "nested":
+            return f"ssh://{self.user}@{self.host}:{self.port}/qemu:{self.arch}"
         return self.kind
 
 
 def parse_target_spec(spec: str) -> TargetSpec:
     """Parse a spec string, raising a UsageError that lists the accepted forms."""
     spec = (spec or DEFAULT_TARGET).strip()
-    accepted = "use qemu:s390x, qemu:x86_64, local, model or ssh://user@host[:port]"
+    accepted = "use qemu:s390x, qemu:x86_64, local, model, ssh://user@host[:port] or ssh://user@host[:port]/qemu"
     if spec in ("local", "model"):
         return TargetSpec(kind=spec)
     if spec.startswith("qemu"):
@@ -71,6 +73,13 @@ def parse_target_spec(spec: str) -> TargetSpec:
             port = url.port or 22
         except ValueError:
             raise UsageError(f"target {spec!r} has a bad port: {accepted}") from None
+        path = url.path.strip("/")
+        if path:
+            kind, _, arch = path.partition(":")
+            if kind != "qemu" or (arch or "s390x") not in QEMU_ARCHES:
+                raise UsageError(f"target {spec!r}: after the host only /qemu or /qemu:ARCH may follow: {accepted}")
+            return TargetSpec(kind="nested", arch=arch or "s390x", user=url.username or "root", host=url.hostname,
+                              port=port)
         return TargetSpec(kind="ssh", user=url.username or "root", host=url.hostname, port=port)
     raise UsageError(f"unknown target {spec!r}: {accepted}")
 
@@ -93,4 +102,9 @@ def make_target(spec: str, options: Optional[TargetOptions] = None) -> Target:
         return QemuTarget(parsed.arch, options)
     from .ssh_host import SshHostTarget
 
+    if parsed.kind == "nested":
+        from ..hostops.nested import NestedQemuTarget
+
+        host_spec = TargetSpec(kind="ssh", user=parsed.user, host=parsed.host, port=parsed.port)
+        return NestedQemuTarget(SshHostTarget(host_spec, options), None, options, arch=parsed.arch, owns_host=True)
     return SshHostTarget(parsed, options)

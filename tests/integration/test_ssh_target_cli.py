@@ -56,3 +56,12 @@ def test_unknown_host_key_is_refused_with_its_fingerprint(qemu_guest, tmp_path: 
     assert result.returncode == 2
     assert "SHA256:" in result.stderr and "--accept-new-host-key" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_nested_guest_on_a_host_without_kvm_is_refused_with_the_reason(ssh_args: list[str], tmp_path: Path) -> None:
+    args = list(ssh_args)
+    args[1] = args[1] + "/qemu"
+    result = kvmh("boot", *args, "--run", "true", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "cannot run a nested guest on" in result.stderr
+    assert "/dev/kvm" in result.stderr or "qemu-system-s390x" in result.stderr, result.stderr

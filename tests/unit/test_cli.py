@@ -95,3 +95,11 @@ def test_a_series_that_cannot_be_read_leaves_a_junit_file_naming_the_stage(tmp_p
 def test_dry_run_of_a_non_qemu_target_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["boot", "--dry-run", "--target", "local"]) == EXIT_USAGE
     assert "boots no QEMU" in capsys.readouterr().err
+
+
+def test_nested_qemu_spec_names_the_host_and_arch() -> None:
+    spec = parse_target_spec("ssh://root@lpar:2222/qemu")
+    assert (spec.kind, spec.host, spec.port, spec.arch) == ("nested", "lpar", 2222, "s390x")
+    assert parse_target_spec("ssh://root@lpar/qemu:x86_64").arch == "x86_64"
+    with pytest.raises(UsageError):
+        parse_target_spec("ssh://root@lpar/bogus")
