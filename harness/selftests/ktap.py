@@ -207,6 +207,8 @@ def _assertion_lines(lines: list[str]) -> list[str]:
         if pos < 0:
             continue
         prefix = line[:pos]
+        if prefix.strip(" #\t"):
+            prefix = ""  # the mark follows other output on the same line (no newline before it)
         out = [_ASSERT_MARK]
         for nxt in lines[i + 1:]:
             if not nxt.startswith(prefix):

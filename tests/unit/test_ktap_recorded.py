@@ -55,3 +55,19 @@ def test_a_recorded_skip_turned_into_a_crash_is_not_a_skip() -> None:
     truncated = "\n".join(output.splitlines()[:8])  # cut after the second test started
     result = program_result("s390x/ucontrol_test", truncated, None, timed_out=True)
     assert result.outcome in (Outcome.TIMEOUT, Outcome.CRASHED)
+
+
+def test_assertion_mark_in_the_middle_of_a_line_keeps_the_message() -> None:
+    output = (
+        "Random seed: 0x6b8b4567\n"
+        "Testing guest mode: PA-bits:ANY, VA-bits:48,  4K pages\n"
+        "All vCPUs rendezvoused....==== Test Assertion Failure ====\n"
+        "  max_guest_memory_test.c:98: !ret\n"
+        "  pid=4242 tid=4244 errno=12 - Cannot allocate memory\n"
+        "     1\t0x0000000000402a3c: vcpu_worker at max_guest_memory_test.c:98\n"
+        "  KVM_RUN failed, rc: -1\n"
+    )
+    result = program_result("max_guest_memory_test", output, 254)
+    assert result.outcome == Outcome.FAIL
+    assert "KVM_RUN failed, rc: -1" in result.reason and "max_guest_memory_test.c:98" in result.reason
+    assert "vcpu_worker at" not in result.reason
