@@ -451,3 +451,30 @@ def test_timeout_kills_children_that_left_the_process_group(tmp_path):
     child = int(next(line for line in run.output.splitlines() if line.startswith("child")).split()[1])
     assert _state_of(child) in ("gone", "Z"), "the test child outlived its program's timeout"
     assert run.duration_s < 20
+
+
+TSC_FAIL = textwrap.dedent("""\
+    Random seed: 0x6b8b4567
+    TAP version 13
+    1..3
+    ==== Test Assertion Failure ====
+      x86_64/tsc_msrs_test.c:106: rounded_host_rdmsr(MSR_IA32_TSC) == val
+      pid=4242 tid=4242 errno=4 - Interrupted system call
+      0xd9b00000000 != 0 (rounded_host_rdmsr(MSR_IA32_TSC) != val)
+    """)
+
+
+def test_subtests_a_known_failure_never_let_run_are_part_of_it(suite):
+    recorded = {"x86_64/tsc_msrs_test": {"exit": 254, "output": TSC_FAIL}}
+    (suite.path / "recorded.json").write_text(json.dumps(recorded))
+    expect = suite.path / "host.expect"
+    expect.write_text('x86_64/tsc_msrs_test fail "TSC differs under this hypervisor"\n')
+    _, cases = _run(suite)
+    assert [_kind(_case(cases, "x86_64/tsc_msrs_test", f"#{n}"))[0] for n in (2, 3)] == ["failure"] * 2, \
+        "without expectations, planned tests that never ran are failures"
+    result, cases = _run(suite, "--kvm-expectations", str(expect))
+    assert _kind(_case(cases, "x86_64/tsc_msrs_test"))[0] == "xfailed"
+    for n in (2, 3):
+        kind, message = _kind(_case(cases, "x86_64/tsc_msrs_test", f"#{n}"))
+        assert kind == "xfailed" and "after a known failure" in message
+    assert result.ret == 0
