@@ -125,6 +125,7 @@ _HARNESS_SKIP_RE = re.compile(r"^#\s+SKIP\s+(.*?)\s*$")
 _HARNESS_MARK_RE = re.compile(r"^\s*(?:OK|FAIL)\s+\S+\s*$")
 
 _ASSERT_MARK = "==== Test Assertion Failure ===="
+_HARNESS_TIMEOUT = "Test terminated by timeout"
 _ADDR2LINE_RE = re.compile(r"^\s*\d+\s+(?:0x[0-9a-fA-F]+:|\(inlined by\))")
 
 
@@ -406,6 +407,8 @@ class _Parser:
             diagnostics += children.summary + trailing
             outcome, reason = _reconcile(outcome, reason, subtests)
         name = desc or frame.running or (children.name if children else "") or f"#{number}"
+        if outcome is Outcome.FAIL and any(_HARNESS_TIMEOUT in line for line in diagnostics):
+            outcome, reason = Outcome.TIMEOUT, reason or "terminated by the kselftest harness's own timeout"
         if outcome.is_failure:
             assertion = _assertion_lines(diagnostics)
             if assertion:
@@ -701,6 +704,10 @@ def program_result(name: str, output: str, exit_status: Optional[int], timed_out
         else:
             _relabel_missing(subtests, (Outcome.FAIL, message), not_run)
         outcome, reason = Outcome.FAIL, message
+        if real_failures and all(s.outcome is Outcome.TIMEOUT for s in real_failures):
+            # kselftest_harness killed its own test at its TIMEOUT: a timeout, whichever clock fired first.
+            names = ", ".join(s.name for s in real_failures)
+            outcome, reason = Outcome.TIMEOUT, f"timed out during {names} (the kselftest harness's own timeout)"
 
     result = TestResult(
         name=name,

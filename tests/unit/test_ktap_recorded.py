@@ -71,3 +71,19 @@ def test_assertion_mark_in_the_middle_of_a_line_keeps_the_message() -> None:
     assert result.outcome == Outcome.FAIL
     assert "KVM_RUN failed, rc: -1" in result.reason and "max_guest_memory_test.c:98" in result.reason
     assert "vcpu_worker at" not in result.reason
+
+
+def test_the_kselftest_harness_own_timeout_is_a_timeout() -> None:
+    output = (
+        "TAP version 13\n1..2\n# Starting 2 tests from 1 test cases.\n"
+        "#  RUN           fix_hypercall.disable_quirk ...\n#            OK  fix_hypercall.disable_quirk\n"
+        "ok 1 fix_hypercall.disable_quirk\n#  RUN           fix_hypercall.enable_quirk ...\n"
+        "# enable_quirk: Test terminated by timeout\n#          FAIL  fix_hypercall.enable_quirk\n"
+        "not ok 2 fix_hypercall.enable_quirk\n# FAILED: 1 / 2 tests passed.\n"
+        "# Totals: pass:1 fail:1 xfail:0 xpass:0 skip:0 error:0\n"
+    )
+    result = program_result("x86_64/fix_hypercall_test", output, 1)
+    assert result.outcome == Outcome.TIMEOUT and "enable_quirk" in result.reason
+    assert [s.outcome for s in result.subtests] == [Outcome.PASS, Outcome.TIMEOUT]
+    failing = output.replace("# enable_quirk: Test terminated by timeout\n", "# enable_quirk: assertion\n")
+    assert program_result("x86_64/fix_hypercall_test", failing, 1).outcome == Outcome.FAIL
