@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Sequence
 
 from harness.debian import DebianSuite, unpack
 from harness.errors import InfrastructureError, UsageError
+from harness.hashing import file_sha256
 from harness.paths import cache_subdir
 
 from . import rootfs
@@ -97,7 +98,7 @@ def _user_kernel(recipe: Recipe, kernel: Optional[Path], modules_dir: Optional[P
                          f"{tree.release_dir} are {tree.release}; pass the modules built with this kernel")
     release = tree.release if tree else (image_release or "unknown")
     digest = hashlib.sha256()
-    digest.update(_file_sha256(kernel).encode())
+    digest.update(file_sha256(kernel).encode())
     selected: tuple[str, ...] = ()
     if tree is not None:
         names, missing = tree.closure(recipe.modules)
@@ -113,14 +114,6 @@ def _user_kernel(recipe: Recipe, kernel: Optional[Path], modules_dir: Optional[P
 
 def _image_hint(arch: str) -> str:
     return "arch/s390/boot/bzImage" if arch == "s390x" else "arch/x86/boot/bzImage"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _guest_files_digest(recipe: Recipe) -> str:

@@ -52,6 +52,7 @@ class DebianSuite:
         status = self.root / "status"
         if not status.exists():
             status.write_text("")
+        self._versions: dict[str, str] = {}
 
     def _apt_options(self) -> list[str]:
         r = self.root
@@ -91,10 +92,13 @@ class DebianSuite:
             return
         log.info("updating Debian %s package lists for %s", self.suite, self.arch)
         self._apt("apt-get", "update", "-q")
+        self._versions.clear()
         stamp.touch()
 
     def version(self, package: str) -> str:
-        """Return the candidate version of a package."""
+        """Return the candidate version of a package (looked up once per instance)."""
+        if package in self._versions:
+            return self._versions[package]
         self.update()
         out = self._apt("apt-cache", "policy", package)
         for line in out.splitlines():
@@ -102,6 +106,7 @@ class DebianSuite:
             if line.startswith("Candidate:"):
                 version = line.split(":", 1)[1].strip()
                 if version and version != "(none)":
+                    self._versions[package] = version
                     return version
         raise InfrastructureError(f"package {package} not found in Debian {self.suite} for {self.arch}")
 

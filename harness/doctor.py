@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .errors import HarnessError
-
-KVM_GET_API_VERSION = 0xAE00
 
 
 @dataclass(frozen=True)
@@ -32,15 +28,10 @@ def _binary(name: str) -> Callable[[], Optional[str]]:
 
 
 def _dev_kvm() -> Optional[str]:
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as err:
-        return f"/dev/kvm: {err.strerror}"
-    try:
-        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
-    finally:
-        os.close(fd)
-    return None if version == 12 else f"/dev/kvm answers API version {version}, expected 12"
+    from .accel import kvm_status
+
+    usable, reason = kvm_status()
+    return None if usable else reason
 
 
 def _debian_reachable() -> Optional[str]:
@@ -105,11 +96,3 @@ def run_doctor(out: Callable[[str], None] = print) -> int:
         out("all required pieces present")
     return 1 if missing else 0
 
-
-def qemu_version(binary: str) -> str:
-    """Return a QEMU binary's version line, or an empty string."""
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.splitlines()[0].strip() if out else ""

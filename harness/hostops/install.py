@@ -24,7 +24,6 @@ survive the kexec; otherwise ``dracut`` or ``mkinitramfs`` on the host, after th
 from __future__ import annotations
 
 import datetime
-import hashlib
 import io
 import logging
 import secrets
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..hashing import file_sha256
 from ..errors import HarnessError, InfrastructureError, UsageError
 from ..targets.base import Target
 from . import zipl as zipl_conf
@@ -102,14 +102,6 @@ def modules_tarball(release_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def install_kernel(target: Target, image: Path, modules_dir: Optional[Path] = None, method: str = "kexec",
                    cmdline: Optional[str] = None, deadline: Optional[float] = None, *,
                    initrd: Optional[Path] = None, extra_cmdline: str = "",
@@ -138,7 +130,7 @@ def install_kernel(target: Target, image: Path, modules_dir: Optional[Path] = No
     record = InstallRecord(
         release=kernel.release, method=method, token=token,
         cmdline=compose_cmdline(cmdline if cmdline is not None else probe.cmdline, token, extra_cmdline),
-        image_sha256=_sha256(kernel.image), previous_release=probe.release,
+        image_sha256=file_sha256(kernel.image), previous_release=probe.release,
         installed_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         initramfs=report.initramfs,
     )

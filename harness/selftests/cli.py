@@ -1,4 +1,4 @@
-"""What ``kvmh selftests`` and ``kvmh source get`` run: pytest on the kvm-selftests marker file."""
+"""What ``kvmh selftests`` runs: pytest on the kvm-selftests marker file, with the selftest options."""
 
 from __future__ import annotations
 
@@ -70,35 +70,3 @@ def selftests_pytest_args(args: argparse.Namespace) -> list[str]:
         arch=getattr(args, "selftest_arch", None),
     )
 
-
-def selftests_main(
-    target: str,
-    *,
-    tree: Optional[Path] = None,
-    junitxml: Optional[Path] = None,
-    expectations: Optional[Path] = None,
-    write_expectations: Optional[Path] = None,
-    keyword: Optional[str] = None,
-    timeout_factor: Optional[float] = None,
-    budget: Optional[float] = None,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    artifacts_root: Optional[Path] = None,
-    extra: Sequence[str] = (),
-) -> int:
-    """Run the KVM selftests on ``target``; return kvmh's exit status (0 ok, 1 test failed, 2 infra, 3 usage)."""
-    from ..run import run_pytest
-
-    args = selftest_pytest_args(tree=tree, expectations=expectations, write_expectations=write_expectations,
-                                timeout_factor=timeout_factor, budget=budget, include=include,
-                                exclude=exclude, keyword=keyword, junitxml=junitxml)
-    args += ["--kvm-target", target, *extra]
-    return run_pytest(args, artifacts_root=artifacts_root, target=target)
-
-
-def source_get_main(package: Optional[str] = None) -> int:
-    """``kvmh source get``: fetch Debian's linux-source once and print the tree's path."""
-    from ..kernel.source import DEFAULT_SOURCE_PACKAGE, linux_source
-
-    print(linux_source(package or DEFAULT_SOURCE_PACKAGE))
-    return 0

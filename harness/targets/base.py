@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import json
 import logging
 import shlex
 from dataclasses import dataclass, field
@@ -159,16 +158,6 @@ class Target(abc.ABC):
             else:
                 text.append(line.split("\t", 1)[-1])
         return "\n".join(text), cursor
-
-    def read_text(self, remote: str, timeout: float = 30.0) -> Optional[str]:
-        """Return a file's content, or None when it cannot be read."""
-        result = self.run(f"cat {shlex.quote(remote)}", timeout=timeout)
-        return result.stdout if result.exit_status == 0 else None
-
-    def run_json(self, command: str, timeout: float = 60.0, stdin: Optional[bytes] = None) -> object:
-        """Run a command that prints JSON and return the parsed value."""
-        result = self.run(command, timeout=timeout, stdin=stdin)
-        return json.loads(result.stdout)
 
     def __enter__(self) -> "Target":
         self.start()

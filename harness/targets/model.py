@@ -54,9 +54,6 @@ class ModelTarget(Target):
     def dmesg_since(self, cursor: int) -> str:
         return ""
 
-    def read_text(self, remote: str, timeout: float = 30.0) -> Optional[str]:
-        return None
-
     def facts(self) -> TargetFacts:
         return TargetFacts(
             target=self.spec,
