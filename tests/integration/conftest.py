@@ -88,3 +88,19 @@ def pid_gone(pid: Optional[int], wait: float = 10.0) -> bool:
 def qemu_procs() -> types.SimpleNamespace:
     """``pid(artifacts_dir)`` and ``gone(pid, wait)`` for checking that no QEMU of a test is left."""
     return types.SimpleNamespace(pid=qemu_pid, gone=pid_gone)
+
+
+@pytest.fixture(scope="session")
+def harness_s390x_kernel():
+    """The harness's default s390x kernel build (KEXEC, MEMORY_HOTPLUG, LKDTM, KALLSYMS); cached after the first."""
+    for tool, package in (("qemu-system-s390x", "qemu-system-misc"), ("s390x-linux-gnu-gcc", "gcc-s390x-linux-gnu")):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt-get install {package})")
+    from harness.kernel.build import build_kernel
+    from harness.kernel.source import linux_source
+
+    build = build_kernel(linux_source(), arch="s390x")
+    config = build.config.read_text()
+    for option in ("CONFIG_KEXEC=y", "CONFIG_MEMORY_HOTPLUG=y", "CONFIG_LKDTM=y"):
+        assert option in config, f"the harness's s390x config lost {option}"
+    return build

@@ -6,7 +6,6 @@ The kernel is the harness's default s390x build (its base fragment has LKDTM and
 
 from __future__ import annotations
 
-import shutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -33,20 +32,8 @@ def test_after(kvm_target):
 '''
 
 
-@pytest.fixture(scope="module")
-def lkdtm_kernel():
-    for tool, package in (("qemu-system-s390x", "qemu-system-misc"), ("s390x-linux-gnu-gcc", "gcc-s390x-linux-gnu")):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install {package})")
-    from harness.kernel.build import build_kernel
-    from harness.kernel.source import linux_source
-
-    build = build_kernel(linux_source(), arch="s390x")
-    assert "CONFIG_LKDTM=y" in build.config.read_text(), "the harness's s390x config lost LKDTM"
-    return build
-
-
-def test_real_warn_fails_only_the_test_that_caused_it(pytester: pytest.Pytester, lkdtm_kernel) -> None:
+def test_real_warn_fails_only_the_test_that_caused_it(pytester: pytest.Pytester, harness_s390x_kernel) -> None:
+    lkdtm_kernel = harness_s390x_kernel
     pytester.makepyfile(test_guest_warn=TESTS)
     artifacts = pytester.path / "artifacts"
     result = pytester.runpytest_subprocess(

@@ -6,7 +6,6 @@ left on the guest: no install record, no /boot/kvmh, nothing in the test's own i
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -30,19 +29,9 @@ BOOT_TIMEOUT = 900.0
 LEFTOVERS = "ls -d /boot/kvmh /var/lib/kvmh/installed.json /lib/modules/*/kvmh 2>/dev/null; true"
 
 
-def _need_tools() -> None:
-    for tool, package in (("qemu-system-s390x", "qemu-system-misc"), ("s390x-linux-gnu-gcc", "gcc-s390x-linux-gnu")):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install {package})")
-
-
 @pytest.fixture(scope="module")
-def kexec_kernel():
-    _need_tools()
-    from harness.kernel.build import build_kernel
-    from harness.kernel.source import linux_source
-
-    return build_kernel(linux_source(), arch="s390x")
+def kexec_kernel(harness_s390x_kernel):
+    return harness_s390x_kernel
 
 
 def _boot(kernel, artifacts: Path):

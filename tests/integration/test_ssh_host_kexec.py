@@ -8,7 +8,6 @@ the install's ``kvmh.boot=<token>`` in /proc/cmdline, read over a fresh SSH sess
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Iterator
@@ -26,24 +25,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BOOT_TIMEOUT = 900.0
 
 
-def _need_tools() -> None:
-    for tool, package in (("qemu-system-s390x", "qemu-system-misc"), ("s390x-linux-gnu-gcc", "gcc-s390x-linux-gnu")):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install {package})")
-
-
 @pytest.fixture(scope="module")
-def kexec_kernel():
-    """The harness's s390x kernel build (cached after the first ~4-13 min build)."""
-    _need_tools()
-    from harness.kernel.build import build_kernel
-    from harness.kernel.source import linux_source
-
-    build = build_kernel(linux_source(), arch="s390x")
-    config = build.config.read_text()
-    for option in ("CONFIG_KEXEC=y", "CONFIG_MEMORY_HOTPLUG=y"):
-        assert option in config, f"the harness's s390x config lost {option}"
-    return build
+def kexec_kernel(harness_s390x_kernel):
+    """The harness's s390x kernel build: its config has KEXEC and MEMORY_HOTPLUG (checked by the fixture)."""
+    return harness_s390x_kernel
 
 
 @pytest.fixture(scope="module")
