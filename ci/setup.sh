@@ -1,23 +1,50 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian/Ubuntu machine for kvm-harness: host packages and the Python package with its test extras.
+# Set up a fresh Debian (bookworm, trixie) or Ubuntu machine for kvm-harness:
+#   1. host packages from apt (QEMU, the s390x cross compiler *and its C library*, kernel build tools);
+#   2. a virtual environment in .venv holding the harness and its test extras (stock Debian's Python
+#      refuses pip outside one, PEP 668);
+#   3. `kvmh` on PATH: linked into /usr/local/bin as root, else into ~/.local/bin.
+# Nothing is installed into the system Python. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+stage() { printf '[setup %4ss] %s\n' "$SECONDS" "$*"; }
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PACKAGES=(
-  qemu-system-misc qemu-system-x86 qemu-user        # s390x and x86_64 guests, s390x user emulation for the ABI probe
-  gcc-s390x-linux-gnu gcc make git                  # cross and native compilers
+  qemu-system-misc qemu-system-x86 qemu-user        # s390x and x86_64 guests, s390x user emulation (ABI probe, doctor)
+  gcc-s390x-linux-gnu libc6-dev-s390x-cross         # s390x cross compiler and its C library (not a Recommends away)
+  gcc libc6-dev make git                            # native compiler
   flex bison bc libelf-dev libssl-dev rsync cpio kmod dwarves  # kernel and selftest builds
+  xz-utils                                          # linux-source-6.12.tar.xz
   libcap-dev libnuma-dev                            # KVM selftests
   ccache openssh-client ca-certificates
+  python3 python3-venv                              # the harness runs in its own virtual environment
 )
 export DEBIAN_FRONTEND=noninteractive
+stage "apt: ${#PACKAGES[@]} packages"
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${PACKAGES[@]}"
 
-python3 -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-python3 -m pip install -q -e '.[test]'
-if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
-echo "kvm-harness set up: $(command -v kvmh)"
+# The python3 first on PATH (a pyenv one is fine); --system-site-packages stays off so the venv is whole.
+VENV="$ROOT/.venv"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
+  stage "python: creating $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+fi
+stage "python: installing the harness into $VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+
+if [ "$(id -u)" -eq 0 ]; then BIN=/usr/local/bin; else BIN="$HOME/.local/bin"; fi
+mkdir -p "$BIN"
+ln -sfn "$VENV/bin/kvmh" "$BIN/kvmh"
+hash -r
+case ":$PATH:" in
+  *":$BIN:"*) ;;
+  *) echo "note: $BIN is not on your PATH; add it, or call $VENV/bin/kvmh" >&2 ;;
+esac
+stage "kvm-harness set up: $BIN/kvmh -> $VENV/bin/kvmh"

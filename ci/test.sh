@@ -4,7 +4,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p ci-artifacts
-python3 -m pytest tests -v -rs --durations=15 --junitxml=ci-artifacts/project-tests.xml "$@"
+PYTHON=.venv/bin/python
+[ -x "$PYTHON" ] || { echo "ci/test.sh: no .venv here; run: bash ci/setup.sh" >&2; exit 2; }
+"$PYTHON" -m pytest tests -v -rs --durations=15 --junitxml=ci-artifacts/project-tests.xml "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
   echo "ci/test.sh: pytest collected no tests" >&2

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
-from contextlib import contextmanager
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
-from harness.debian import DebianSuite, unpack
+from harness.debian import unpack
+from harness.debian_pool import fetch_all, mirrors_from
 from harness.errors import InfrastructureError, UsageError
 from harness.hashing import file_sha256
+from harness.locks import file_lock, try_file_lock
 from harness.paths import cache_subdir
 
 from . import rootfs
@@ -25,11 +25,11 @@ from .kernels import kernel_arch_of, kernel_release_of, looks_like_kernel
 from .keys import generate_keys, write_client_key
 from .modules import ModuleTree, find_release_dir
 from .recipe import Recipe, load_recipe
-from .resolve import Resolution, resolve
+from .resolve import Resolution, refresh_command, resolve
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
 SSH_KEY_NAME = "id_ed25519"
@@ -131,13 +131,18 @@ def inputs_key(recipe: Recipe, extra: Sequence[str], user: Optional[UserKernel])
 
 
 def image_hash(key: str, resolution: Resolution) -> str:
-    """The image's identity: its inputs plus the exact package versions."""
-    data = json.dumps([key, sorted(resolution.packages.items()), resolution.kernel_package])
+    """The image's identity: its inputs plus the exact package files (version and SHA256 of each)."""
+    files = sorted((p.package, p.version, p.sha256) for p in resolution.pins)
+    data = json.dumps([key, files, resolution.kernel_package])
     return hashlib.sha256(data.encode()).hexdigest()
 
 
 def _images_dir() -> Path:
-    return cache_subdir("images")
+    """The image cache: private (0700), since images hold SSH keys."""
+    path = cache_subdir("images")
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def _load(directory: Path) -> GuestImage:
@@ -159,71 +164,49 @@ def _complete(directory: Path) -> bool:
                                                         SSH_KEY_NAME, HOST_KEY_NAME))
 
 
-def _newest_with_inputs(arch: str, key: str) -> Optional[Path]:
-    candidates = []
-    for directory in _images_dir().glob(f"{arch}-*"):
-        try:
-            manifest = json.loads((directory / MANIFEST_NAME).read_text())
-        except (OSError, ValueError):
-            continue
-        if manifest.get("inputs_key") == key and _complete(directory):
-            candidates.append((manifest.get("built_at", 0), directory))
-    return max(candidates)[1] if candidates else None
-
-
 def _remove_abandoned_builds() -> None:
-    """Delete work directories left by builds whose process is gone (``.build-<image>-<pid>``)."""
-    for work in _images_dir().glob(".build-*-*"):
-        try:
-            pid = int(work.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            log.info("removing abandoned build directory %s", work.name)
-            shutil.rmtree(work, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
+    """Delete work directories of builds that no longer hold their lock (the process is gone).
 
-
-@contextmanager
-def _lock(name: str) -> Iterator[None]:
-    with open(_images_dir() / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    Each build holds ``.build-<id>.lock`` while its ``.build-<id>`` directory exists; a lock that can be
+    taken means its owner died, whatever pid namespace it ran in.
+    """
+    for lock in _images_dir().glob(".build-*.lock"):
+        with try_file_lock(lock) as got:
+            if not got:
+                continue
+            work = lock.with_suffix("")
+            if work.exists():
+                log.info("removing abandoned build directory %s", work.name)
+                shutil.rmtree(work, ignore_errors=True)
+            lock.unlink(missing_ok=True)
 
 
 def build_image(arch: str = "s390x", *, kernel: Optional[Path] = None, modules_dir: Optional[Path] = None,
-                extra_packages: Sequence[str] = (), force: bool = False) -> GuestImage:
+                extra_packages: Sequence[str] = (), force: bool = False,
+                mirrors: Sequence[str] = ()) -> GuestImage:
     """Return a bootable guest image for ``arch``, building it unless an identical one is cached.
 
-    ``kernel``/``modules_dir`` replace Debian's kernel with the user's image and its
-    ``lib/modules/<release>`` tree; ``extra_packages`` are more Debian packages for the guest.
+    The packages are the ones the recipe's lock pins, fetched from ``mirrors`` (default: ``$KVMH_DEBIAN_MIRRORS``
+    or Debian's) and checked against their SHA256. ``kernel``/``modules_dir`` replace Debian's kernel with the
+    user's image and its ``lib/modules/<release>`` tree; ``extra_packages`` are more (unlocked) Debian packages.
     """
     started = time.monotonic()
     recipe = load_recipe(arch)
     extra = tuple(dict.fromkeys(extra_packages))
     user = _user_kernel(recipe, kernel, modules_dir)
     key = inputs_key(recipe, extra, user)
-    try:
-        resolution = resolve(recipe, extra, with_kernel=user is None)
-    except InfrastructureError as exc:
-        fallback = None if force else _newest_with_inputs(recipe.arch, key)
-        if fallback is None:
-            raise
-        log.warning("cannot resolve packages (%s); using cached image %s", exc, fallback.name)
-        return _load(fallback)
+    mirrors = mirrors_from(mirrors)
+    resolution = resolve(recipe, extra, with_kernel=user is None, mirrors=mirrors)
     digest = image_hash(key, resolution)
     directory = _images_dir() / f"{recipe.arch}-{digest[:16]}"
     if not force and _complete(directory):
         log.info("guest image %s is cached (%.2f s)", directory.name, time.monotonic() - started)
         return _load(directory)
-    with _lock(directory.name):
+    with file_lock(_images_dir() / f".{directory.name}.lock", what=f"image build {directory.name}"):
         if not force and _complete(directory):
             return _load(directory)
         _remove_abandoned_builds()
-        image = _build(recipe, resolution, user, key, digest, directory)
+        image = _build(recipe, resolution, user, key, digest, directory, mirrors)
     size = image.initrd.stat().st_size
     log.info("built guest image %s in %.1f s: initrd %.1f MiB, kernel %.1f MiB", directory.name,
              time.monotonic() - started, size / 2**20, image.kernel.stat().st_size / 2**20)
@@ -231,18 +214,26 @@ def build_image(arch: str = "s390x", *, kernel: Optional[Path] = None, modules_d
 
 
 def _build(recipe: Recipe, resolution: Resolution, user: Optional[UserKernel], key: str, digest: str,
-           directory: Path) -> GuestImage:
+           directory: Path, mirrors: Sequence[str]) -> GuestImage:
+    build_id = f"{directory.name}-{uuid.uuid4().hex[:8]}"
+    with file_lock(_images_dir() / f".build-{build_id}.lock", what="own build"):
+        try:
+            return _build_locked(recipe, resolution, user, key, digest, directory, mirrors,
+                                 _images_dir() / f".build-{build_id}")
+        finally:
+            (_images_dir() / f".build-{build_id}.lock").unlink(missing_ok=True)
+
+
+def _build_locked(recipe: Recipe, resolution: Resolution, user: Optional[UserKernel], key: str, digest: str,
+                  directory: Path, mirrors: Sequence[str], work: Path) -> GuestImage:
     started = time.monotonic()
-    work = _images_dir() / f".build-{directory.name}-{os.getpid()}"
-    if work.exists():
-        shutil.rmtree(work)
     root = work / "rootfs"
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, mode=0o700)
+    work.chmod(0o700)
     try:
-        suite = DebianSuite(recipe.suite, recipe.arch)
-        wanted = resolution.userland() + ([resolution.kernel_package] if resolution.kernel_package else [])
-        debs = dict(zip(wanted, suite.download(wanted)))
-        rootfs.unpack_all((debs[name] for name in resolution.userland()), root)
+        debs = fetch_all(resolution.pins, cache_subdir(f"debs/{recipe.arch}"), mirrors,
+                         refresh_hint=refresh_command(recipe.arch))
+        rootfs.unpack_all((debs[p.package] for p in resolution.userland()), root)
         rootfs.merge_usr(root)
         if user is None:
             release, tree, selected = _debian_kernel(recipe, debs[resolution.kernel_package], work)
@@ -255,6 +246,7 @@ def _build(recipe: Recipe, resolution: Resolution, user: Optional[UserKernel], k
         freed = rootfs.prune(root, recipe.prune)
         log.debug("pruned %.1f MiB", freed / 2**20)
         dropped = rootfs.check_libraries(root)
+        content = rootfs.tree_digest(root)
         keys = generate_keys(f"kvmh-{recipe.arch}-{digest[:8]}")
         write_client_key(keys, work / SSH_KEY_NAME)
         (work / HOST_KEY_NAME).write_text(keys.host_public_line + "\n")
@@ -269,6 +261,9 @@ def _build(recipe: Recipe, resolution: Resolution, user: Optional[UserKernel], k
             "inputs_key": key,
             "suite": recipe.suite,
             "packages": resolution.packages,
+            "package_sha256": {p.package: p.sha256 for p in resolution.pins},
+            "unlocked_packages": list(resolution.unlocked),
+            "rootfs_sha256": content,
             "kernel_source": (f"user:{user.image}" if user else
                               f"debian:{resolution.kernel_package}="
                               f"{resolution.packages[resolution.kernel_package]}"),

@@ -98,14 +98,17 @@ def walk_tree(root: Path) -> Iterator[tuple[str, Path]]:
 
 def write_initramfs(root: Path, out: Path, devices: tuple[tuple[str, str, int, int, int], ...] = (),
                     level: int = 9) -> int:
-    """Pack the tree at ``root`` into a gzip-compressed newc archive at ``out``; return its size.
+    """Pack the tree at ``root`` into a gzip-compressed newc archive at ``out`` (mode 0600); return its size.
 
     ``devices`` holds extra ``(name, kind, major, minor, perm)`` device nodes (their parent
     directories must exist in the tree).
     """
     tmp = out.with_name(out.name + ".part")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
-                                               compresslevel=level, mtime=0) as gz:
+    tmp.unlink(missing_ok=True)
+    # 0600 from the first byte: an image's initramfs holds its SSH host key.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                   compresslevel=level, mtime=0) as gz:
         writer = NewcWriter(gz)  # type: ignore[arg-type]
         for name, path in walk_tree(root):
             writer.add_path(name, path)

@@ -12,7 +12,7 @@ from harness.errors import UsageError
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 ARCH_ALIASES = {"amd64": "x86_64", "s390x": "s390x", "x86_64": "x86_64"}
-_LIST_KEYS = ("packages", "exclude", "modules", "load_modules", "prune")
+_LIST_KEYS = ("extra_suites", "packages", "exclude", "modules", "load_modules", "prune")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class KernelSpec:
 class Recipe:
     arch: str
     suite: str
+    extra_suites: tuple[str, ...]
     kernel: KernelSpec
     packages: tuple[str, ...]
     exclude: tuple[str, ...]
@@ -87,6 +88,7 @@ def load_recipe(arch: str, recipes_dir: Optional[Path] = None) -> Recipe:
         return Recipe(
             arch=merged["arch"],
             suite=merged["suite"],
+            extra_suites=tuple(merged.get("extra_suites", ())),
             kernel=kernel,
             packages=tuple(merged.get("packages", ())),
             exclude=tuple(merged.get("exclude", ())),

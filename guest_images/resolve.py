@@ -1,107 +1,91 @@
-"""Turn a recipe into exact Debian package versions, remembering the answer while apt's lists are unchanged."""
+"""Turn a recipe into exact package files: its committed lock, plus any extra packages asked for on top.
+
+The lock (``recipes/<arch>.lock.json``) is the whole answer for the recipe itself, so a build needs no
+index and gives the same inputs on every machine. Extra packages (``--package``) are not locked: they are
+resolved against the index, newest served version first, and the image says so in its manifest.
+"""
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from harness.debian import DebianSuite
+from harness.debian_lock import KernelPattern, Lock, first_served, load_lock, newest_first, relock
+from harness.debian_pool import PinnedPackage, is_served, mirrors_from
 from harness.errors import InfrastructureError
-from harness.paths import cache_subdir
 
-from .recipe import Recipe
+from .recipe import RECIPES_DIR, Recipe
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Resolution:
-    """The packages an image is made of: name -> exact version; ``kernel_package`` is among them or None."""
+    """The package files an image is made of; ``kernel_package`` is among them or None."""
 
-    packages: dict[str, str]
+    pins: tuple[PinnedPackage, ...]
     kernel_package: Optional[str]
+    unlocked: tuple[str, ...] = ()
 
-    def userland(self) -> list[str]:
-        return sorted(p for p in self.packages if p != self.kernel_package)
+    @property
+    def packages(self) -> dict[str, str]:
+        return {p.package: p.version for p in self.pins}
 
+    def userland(self) -> list[PinnedPackage]:
+        return sorted((p for p in self.pins if p.package != self.kernel_package), key=lambda p: p.package)
 
-def lists_fingerprint(suite: DebianSuite) -> str:
-    """Hash the names, sizes and mtimes of apt's list files: it changes whenever the lists do."""
-    digest = hashlib.sha256()
-    for path in sorted((suite.root / "lists").glob("*")):
-        if path.is_file():
-            st = path.stat()
-            digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    def kernel(self) -> Optional[PinnedPackage]:
+        return next((p for p in self.pins if p.package == self.kernel_package), None)
 
 
-def kernel_package(suite: DebianSuite, recipe: Recipe) -> str:
-    """Find the versioned kernel package the recipe's metapackage currently points at."""
+def lock_path(arch: str, recipes_dir: Optional[Path] = None) -> Path:
+    return (recipes_dir or RECIPES_DIR) / f"{arch}.lock.json"
+
+
+def refresh_command(arch: str) -> str:
+    return f"kvmh image lock --arch {arch} --update"
+
+
+def index_view(recipe: Recipe) -> DebianSuite:
+    return DebianSuite(recipe.suite, recipe.arch, tuple(recipe.extra_suites))
+
+
+def resolve(recipe: Recipe, extra: Sequence[str] = (), with_kernel: bool = True, lock: Optional[Lock] = None,
+            mirrors: Sequence[str] = (), served: Callable[[str], bool] = is_served) -> Resolution:
+    """The recipe's locked pins (without the kernel unless ``with_kernel``), plus ``extra`` packages."""
+    lock = lock or load_lock(lock_path(recipe.arch))
+    pins = list(lock.userland())
+    kernel = lock.kernel() if with_kernel else None
+    if with_kernel and kernel is None:
+        raise InfrastructureError(f"the {recipe.arch} lock pins no kernel package; refresh it: "
+                                  f"{refresh_command(recipe.arch)}")
+    if kernel is not None:
+        pins.append(kernel)
+    unlocked: list[str] = []
+    if extra:
+        mirrors = mirrors_from(mirrors)
+        locked = {p.package for p in pins}
+        index = index_view(recipe)
+        for name in index.closure(extra, [*recipe.exclude, *locked]):
+            pin = first_served(newest_first(index.pins(name)), mirrors, served)
+            if pin is None:
+                raise InfrastructureError(f"extra package {name} is served by no mirror in any version the "
+                                          f"Debian {recipe.suite} index knows; choose another package")
+            pins.append(pin)
+            unlocked.append(name)
+        log.info("extra packages %s are not locked: resolved against today's index", ", ".join(unlocked))
+    return Resolution(tuple(sorted(pins, key=lambda p: p.package)), kernel.package if kernel else None,
+                      tuple(unlocked))
+
+
+def relock_recipe(recipe: Recipe, mirrors: Sequence[str], previous: Optional[Lock]) -> tuple[Lock, list[str]]:
+    """Re-resolve the recipe against the index: the newest served file of each package."""
+    index = index_view(recipe)
+    index.update(force=True)
+    mirrors = mirrors_from(mirrors)
     spec = recipe.kernel
-    for dep in suite.depends(spec.metapackage):
-        if fnmatch.fnmatchcase(dep, spec.pattern):
-            name = dep + spec.suffix
-            suite.version(name)  # raises when it does not exist
-            return name
-    raise InfrastructureError(
-        f"{spec.metapackage} in Debian {recipe.suite} depends on no package matching {spec.pattern}; "
-        f"update the kernel pattern in the {recipe.arch} recipe"
-    )
-
-
-def _memo(kind: str, parts: list) -> Path:
-    key = hashlib.sha256(json.dumps([kind, *parts]).encode()).hexdigest()[:32]
-    return cache_subdir("images/resolved") / f"{kind}-{key}.json"
-
-
-def _read_memo(path: Path) -> Optional[dict]:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        log.warning("ignoring unreadable resolution cache %s", path)
-        return None
-
-
-def resolve(recipe: Recipe, extra: Sequence[str] = (), with_kernel: bool = True,
-            suite: Optional[DebianSuite] = None) -> Resolution:
-    """Resolve the recipe against the current package lists (refreshed at most daily).
-
-    The userland closure and the kernel package are remembered separately, keyed by the recipe
-    and a fingerprint of apt's lists, so a rebuild with unchanged lists asks apt nothing.
-    """
-    suite = suite or DebianSuite(recipe.suite, recipe.arch)
-    suite.update()
-    fingerprint = lists_fingerprint(suite)
-    userland_memo = _memo("userland", [recipe.digest, sorted(extra), fingerprint])
-    packages = _read_memo(userland_memo)
-    if packages is None:
-        log.info("resolving %d packages for %s in Debian %s", len(recipe.packages) + len(extra),
-                 recipe.arch, recipe.suite)
-        names = suite.closure([*recipe.packages, *extra], recipe.exclude)
-        packages = {name: suite.version(name) for name in names}
-        _write_atomic(userland_memo, json.dumps(packages, indent=1, sort_keys=True))
-    kernel = None
-    if with_kernel:
-        kernel_memo = _memo("kernel", [recipe.digest, fingerprint])
-        found = _read_memo(kernel_memo)
-        if found is None:
-            name = kernel_package(suite, recipe)
-            found = {name: suite.version(name)}
-            _write_atomic(kernel_memo, json.dumps(found))
-        kernel = next(iter(found))
-        packages = {**packages, **found}
-    return Resolution(dict(sorted(packages.items())), kernel)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    return relock(recipe.arch, index.arch, (recipe.suite, *recipe.extra_suites), recipe.packages, recipe.exclude,
+                  index, mirrors, previous, KernelPattern(spec.metapackage, spec.pattern, spec.suffix))

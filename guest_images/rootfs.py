@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Iterable
 
 from harness.debian import unpack
 from harness.errors import InfrastructureError
 
+from .cpio import walk_tree
 from .elf import ElfFile
 from .keys import ImageKeys
 
@@ -90,6 +93,25 @@ def prune(root: Path, patterns: Iterable[str]) -> int:
             freed += tree_size(path)
             _remove(path)
     return freed
+
+
+def tree_digest(root: Path) -> str:
+    """SHA256 over every entry of a tree (name, kind, permission bits, link target or content), in a fixed order.
+
+    Two trees unpacked from the same package files have the same digest on any machine.
+    """
+    digest = hashlib.sha256()
+    for name, path in walk_tree(root):
+        st = path.lstat()
+        digest.update(f"{name}\0{stat.S_IFMT(st.st_mode):o}\0{stat.S_IMODE(st.st_mode):o}\0".encode())
+        if stat.S_ISLNK(st.st_mode):
+            digest.update(os.readlink(path).encode())
+        elif stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def tree_size(path: Path) -> int:

@@ -69,13 +69,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_image_build(args: argparse.Namespace) -> int:
     from guest_images import build_image
 
-    image = build_image(args.arch, force=args.force)
+    image = build_image(args.arch, force=args.force, mirrors=args.mirror)
     print(f"arch:           {image.arch}")
     print(f"kernel:         {image.kernel}")
     print(f"initrd:         {image.initrd}")
     print(f"kernel release: {image.kernel_release}")
     print(f"image hash:     {image.image_hash}")
     return 0
+
+
+def cmd_image_lock(args: argparse.Namespace) -> int:
+    from guest_images.locking import image_lock
+
+    return image_lock(args.arch, update=args.update, mirrors=args.mirror)
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -169,7 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     pb = isub.add_parser("build", help="assemble (or reuse) the guest image for an architecture")
     pb.add_argument("--arch", default="s390x", choices=("s390x", "x86_64"))
     pb.add_argument("--force", action="store_true", help="rebuild even when cached")
+    pb.add_argument("--mirror", action="append", default=[], metavar="URL",
+                    help="Debian mirror to fetch the locked packages from (repeatable; default $KVMH_DEBIAN_MIRRORS "
+                         "or Debian's); {archive} in the URL stands for debian or debian-security")
     pb.set_defaults(func=cmd_image_build)
+    pl = isub.add_parser("lock", help="check that the lock's files are served, or refresh it (--update)")
+    pl.add_argument("--arch", default="s390x", choices=("s390x", "x86_64"))
+    pl.add_argument("--update", action="store_true",
+                    help="re-resolve against the index: newest version a mirror serves; rewrite the lock")
+    pl.add_argument("--mirror", action="append", default=[], metavar="URL", help="as for image build")
+    pl.set_defaults(func=cmd_image_lock)
 
     p = sub.add_parser("boot", help="boot a target; with --run, run one command over SSH and exit with its status")
     _add_target_args(p)

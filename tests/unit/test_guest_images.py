@@ -21,6 +21,7 @@ from guest_images import builder, kernels, keys, modules, recipe, rootfs
 from guest_images.cpio import NewcWriter, write_initramfs
 from guest_images.elf import ElfFile
 from guest_images.resolve import Resolution
+from harness.debian_pool import PinnedPackage
 from harness.errors import InfrastructureError, UsageError
 
 # --------------------------------------------------------------------------- helpers
@@ -201,22 +202,25 @@ def test_unknown_arch_is_a_usage_error() -> None:
 def test_image_hash_tracks_package_versions_and_inputs() -> None:
     r = recipe.load_recipe("s390x")
     key = builder.inputs_key(r, (), None)
-    base = Resolution({"busybox": "1:1.37.0-6", "linux-image-x": "6.12.1-1"}, "linux-image-x")
-    same = Resolution(dict(base.packages), "linux-image-x")
-    bumped = Resolution({**base.packages, "busybox": "1:1.37.0-7"}, "linux-image-x")
+    base = Resolution((_pin("busybox", "1:1.37.0-6"), _pin("linux-image-x", "6.12.1-1")), "linux-image-x")
+    same = Resolution(tuple(reversed(base.pins)), "linux-image-x")
+    bumped = Resolution((_pin("busybox", "1:1.37.0-7"), _pin("linux-image-x", "6.12.1-1")), "linux-image-x")
+    rebuilt = Resolution((_pin("busybox", "1:1.37.0-6", sha="b" * 64), _pin("linux-image-x", "6.12.1-1")),
+                         "linux-image-x")
     assert builder.image_hash(key, base) == builder.image_hash(key, same)
     assert builder.image_hash(key, base) != builder.image_hash(key, bumped)
+    assert builder.image_hash(key, base) != builder.image_hash(key, rebuilt), "same version, other file"
     assert builder.inputs_key(r, ("strace",), None) != key
     assert builder.inputs_key(recipe.load_recipe("x86_64"), (), None) != key
 
 
 def test_second_build_is_served_from_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KVMH_CACHE", str(tmp_path / "cache"))
-    resolution = Resolution({"busybox": "1", "linux-image-x": "2"}, "linux-image-x")
+    resolution = Resolution((_pin("busybox", "1"), _pin("linux-image-x", "2")), "linux-image-x")
     monkeypatch.setattr(builder, "resolve", lambda *a, **k: resolution)
     calls = []
 
-    def fake_build(rec, res, user, key, digest, directory):
+    def fake_build(rec, res, user, key, digest, directory, mirrors):
         calls.append(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name in (builder.KERNEL_NAME, builder.INITRD_NAME, builder.SSH_KEY_NAME):
@@ -236,25 +240,26 @@ def test_second_build_is_served_from_cache(tmp_path: Path, monkeypatch: pytest.M
     assert len(calls) == 2
 
 
-def test_offline_rebuild_falls_back_to_cached_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KVMH_CACHE", str(tmp_path / "cache"))
-    r = recipe.load_recipe("s390x")
-    key = builder.inputs_key(r, (), None)
-    directory = tmp_path / "cache/images/s390x-0123456789abcdef"
-    directory.mkdir(parents=True)
-    for name in (builder.KERNEL_NAME, builder.INITRD_NAME, builder.SSH_KEY_NAME):
-        (directory / name).write_bytes(b"x")
-    (directory / builder.HOST_KEY_NAME).write_text("ssh-ed25519 AAAA\n")
-    (directory / builder.MANIFEST_NAME).write_text(
-        '{"arch": "s390x", "image_hash": "0123", "kernel_release": "6.12", "inputs_key": "%s"}' % key)
+def test_locked_resolution_asks_no_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe's own packages come from its committed lock alone: no apt, no network."""
+    from guest_images import resolve as resolve_mod
 
-    def offline(*args, **kwargs):
-        raise InfrastructureError("apt-get update failed")
+    def no_index(*args, **kwargs):
+        raise AssertionError("the index was consulted")
 
-    monkeypatch.setattr(builder, "resolve", offline)
-    assert builder.build_image("s390x").image_hash == "0123"
-    with pytest.raises(InfrastructureError):
-        builder.build_image("s390x", extra_packages=["strace"])
+    monkeypatch.setattr(resolve_mod, "index_view", no_index)
+    for arch in ("s390x", "x86_64"):
+        resolution = resolve_mod.resolve(recipe.load_recipe(arch))
+        assert resolution.kernel_package and resolution.kernel() is not None
+        assert {"busybox", "dropbear-bin", "libc6"} <= set(resolution.packages)
+        assert all(len(p.sha256) == 64 and p.size > 0 for p in resolution.pins)
+        assert resolution.unlocked == ()
+        without_kernel = resolve_mod.resolve(recipe.load_recipe(arch), with_kernel=False)
+        assert without_kernel.kernel_package is None and len(without_kernel.pins) == len(resolution.pins) - 1
+
+
+def _pin(name: str, version: str, sha: str = "a" * 64) -> PinnedPackage:
+    return PinnedPackage(name, version, "debian", f"pool/main/x/{name}_{version}_s390x.deb", sha, 1)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -502,63 +507,3 @@ def test_configure_writes_init_keys_and_etc(tmp_path: Path) -> None:
 def test_init_script_parses() -> None:
     result = subprocess.run(["sh", "-n", str(rootfs.INIT_SCRIPT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-
-
-# --------------------------------------------------------------------------- package resolution
-
-
-class FakeSuite:
-    """Stands in for DebianSuite: records every query."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        (root / "lists").mkdir(parents=True, exist_ok=True)
-        (root / "lists/Packages").write_text("v1")
-        self.queries: list[str] = []
-        self.versions = {"busybox": "1.0", "libc6": "2.41", "linux-image-6.12.9+deb13-amd64-unsigned": "6.12.9-1"}
-
-    def update(self) -> None:
-        pass
-
-    def closure(self, roots, exclude):
-        self.queries.append("closure")
-        return ["busybox", "libc6"]
-
-    def depends(self, name):
-        self.queries.append(f"depends {name}")
-        return ["linux-image-6.12.9+deb13-amd64"]
-
-    def version(self, name):
-        self.queries.append(f"version {name}")
-        return self.versions[name]
-
-
-def test_resolution_is_remembered_until_lists_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from guest_images import resolve as resolve_mod
-
-    monkeypatch.setenv("KVMH_CACHE", str(tmp_path / "cache"))
-    suite = FakeSuite(tmp_path / "apt")
-    r = recipe.load_recipe("x86_64")
-    first = resolve_mod.resolve(r, suite=suite)
-    assert first.kernel_package == "linux-image-6.12.9+deb13-amd64-unsigned"
-    assert first.packages == {"busybox": "1.0", "libc6": "2.41", first.kernel_package: "6.12.9-1"}
-    assert first.userland() == ["busybox", "libc6"]
-    asked = len(suite.queries)
-    assert resolve_mod.resolve(r, suite=suite) == first
-    assert len(suite.queries) == asked, "a second resolution must not query apt"
-    userland_only = resolve_mod.resolve(r, suite=suite, with_kernel=False)
-    assert userland_only.kernel_package is None and len(suite.queries) == asked
-    suite.versions["busybox"] = "1.1"
-    (suite.root / "lists/Packages").write_text("v2 with a new busybox")
-    again = resolve_mod.resolve(r, suite=suite)
-    assert again.packages["busybox"] == "1.1"
-    key = builder.inputs_key(r, (), None)
-    assert builder.image_hash(key, again) != builder.image_hash(key, first)
-
-
-def test_kernel_package_pattern_must_match(tmp_path: Path) -> None:
-    from guest_images import resolve as resolve_mod
-
-    suite = FakeSuite(tmp_path / "apt")
-    with pytest.raises(InfrastructureError, match="no package matching linux-image-6.12"):
-        resolve_mod.kernel_package(suite, recipe.load_recipe("s390x"))
