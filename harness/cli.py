@@ -63,7 +63,7 @@ def _target_pytest_args(args: argparse.Namespace) -> list[str]:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_doctor
 
-    return run_doctor()
+    return run_doctor(tree=args.tree)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -122,8 +122,14 @@ def cmd_selftests(args: argparse.Namespace) -> int:
 def cmd_source_get(args: argparse.Namespace) -> int:
     from .kernel.source import linux_source
 
-    print(linux_source(args.package))
+    print(linux_source(args.package, mirrors=args.mirror))
     return 0
+
+
+def cmd_source_lock(args: argparse.Namespace) -> int:
+    from .kernel.source import relock_source
+
+    return relock_source(args.update, mirrors=args.mirror)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -168,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("doctor", help="check this machine and name the package for each gap")
+    p.add_argument("--tree", type=Path, help="kernel tree to try headers_install on (default: the cached one)")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("image", help="guest images")
@@ -230,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="source_command", metavar="ACTION")
     pg = ssub.add_parser("get", help="download Debian's linux-source (once) and print the tree's path")
     pg.add_argument("--package", default="linux-source-6.12")
+    pg.add_argument("--mirror", action="append", default=[], metavar="URL", help="as for image build")
     pg.set_defaults(func=cmd_source_get)
+    pl = ssub.add_parser("lock", help="check that the pinned linux-source file is served, or refresh it (--update)")
+    pl.add_argument("--update", action="store_true", help="pin the newest version a mirror serves")
+    pl.add_argument("--mirror", action="append", default=[], metavar="URL", help="as for image build")
+    pl.set_defaults(func=cmd_source_lock)
 
     p = sub.add_parser("build", help="apply a series to a tree in a worktree and build the kernel")
     p.add_argument("--tree", type=Path, help="kernel tree (default: Debian's linux-source-6.12)")

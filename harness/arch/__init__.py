@@ -15,7 +15,9 @@ class ArchSpec:
     console device (``console=...``); ``cmdline`` holds the kernel parameters the harness always
     passes (``panic=-1`` so that a panic reboots and ``-no-reboot`` ends QEMU; oopses stay
     non-fatal and are caught on the console); ``kernel_image`` is where a kernel build leaves the
-    bootable image; ``max_tcg_cpus`` caps the vCPUs under TCG.
+    bootable image; ``max_tcg_cpus`` caps the vCPUs under TCG. ``linux_arch`` is the kernel's ``ARCH=``,
+    ``debian_arch`` Debian's name; ``cross_compile`` the ``CROSS_COMPILE`` prefix on a non-native host, with
+    the Debian packages of the cross compiler and of its C library (not pulled in by the compiler).
     """
 
     name: str
@@ -32,6 +34,11 @@ class ArchSpec:
     max_tcg_cpus: int = 8
     default_memory_mb: int = 2048
     firmware_banners: tuple[str, ...] = ()
+    linux_arch: str = ""
+    debian_arch: str = ""
+    cross_compile: str = ""
+    cross_package: str = ""
+    cross_libc_package: str = ""
 
     def cpu(self, accelerator: str) -> str:
         """Return the ``-cpu`` value for ``"kvm"`` or ``"tcg"``."""

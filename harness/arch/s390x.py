@@ -25,4 +25,9 @@ S390X = ArchSpec(
     kernel_image="arch/s390/boot/bzImage",
     max_tcg_cpus=8,
     default_memory_mb=2048,
+    linux_arch="s390",
+    debian_arch="s390x",
+    cross_compile="s390x-linux-gnu-",
+    cross_package="gcc-s390x-linux-gnu",
+    cross_libc_package="libc6-dev-s390x-cross",
 )

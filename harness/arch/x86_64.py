@@ -19,4 +19,9 @@ X86_64 = ArchSpec(
     max_tcg_cpus=8,
     default_memory_mb=2048,
     firmware_banners=("SeaBIOS", "iPXE", "Booting from ROM", "Booting from Hard Disk"),
+    linux_arch="x86",
+    debian_arch="amd64",
+    cross_compile="x86_64-linux-gnu-",
+    cross_package="gcc-x86-64-linux-gnu",
+    cross_libc_package="libc6-dev-amd64-cross",
 )

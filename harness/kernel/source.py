@@ -6,10 +6,15 @@ import logging
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 from ..debian import DebianSuite, unpack
-from ..errors import InfrastructureError, UsageError
+from ..debian_lock import Lock, check_served, diff_locks, first_served, load_lock, newest_first, write_lock
+from ..debian_pool import PinnedPackage, fetch, mirrors_from
+from ..errors import EXIT_INFRA, InfrastructureError, UsageError
+from ..locks import file_lock
 from ..paths import cache_subdir
 
 log = logging.getLogger(__name__)
@@ -18,30 +23,98 @@ DEFAULT_SOURCE_PACKAGE = "linux-source-6.12"
 DEFAULT_SUITE = "trixie"
 
 
-def linux_source(package: str = DEFAULT_SOURCE_PACKAGE, suite: str = DEFAULT_SUITE) -> Path:
-    """Return the unpacked tree of a Debian ``linux-source-X.Y`` package, fetching it on first use."""
-    apt = DebianSuite(suite, "x86_64")
-    version = apt.version(package)
-    dest = cache_subdir("src") / f"{package}_{version}"
-    done = dest / ".kvmh-complete"
-    if done.exists():
+LOCK_FILE = Path(__file__).with_name("linux-source.lock.json")
+SUITES = (DEFAULT_SUITE, f"{DEFAULT_SUITE}-updates", f"{DEFAULT_SUITE}-security")
+REFRESH_HINT = "kvmh source lock --update"
+
+
+def _index() -> DebianSuite:
+    return DebianSuite(DEFAULT_SUITE, "x86_64", SUITES[1:])
+
+
+def source_pin(package: str = DEFAULT_SOURCE_PACKAGE, mirrors: Sequence[str] = ()) -> PinnedPackage:
+    """The pinned file of ``package``: from the committed lock, else the newest served version in the index."""
+    locked = load_lock(LOCK_FILE).by_name().get(package)
+    if locked is not None:
+        return locked
+    log.warning("%s is not in %s: taking the newest version a mirror serves (not reproducible)", package,
+                LOCK_FILE.name)
+    pin = first_served(newest_first(_index().pins(package)), mirrors_from(mirrors))
+    if pin is None:
+        raise UsageError(f"{package} is served by no mirror in any version Debian {DEFAULT_SUITE} knows; "
+                         f"check the name (e.g. {DEFAULT_SOURCE_PACKAGE})")
+    return pin
+
+
+def relock_source(update: bool, mirrors: Sequence[str] = (), out: Callable[[str], None] = print) -> int:
+    """``kvmh source lock``: check the pinned source file is served; with ``update``, pin the newest served."""
+    mirrors = mirrors_from(mirrors)
+    previous = load_lock(LOCK_FILE)
+    if not update:
+        gone = check_served(previous, mirrors)
+        for pin in gone:
+            out(f"not served: {pin.package} {pin.version}; tried {', '.join(mirrors)}; refresh: {REFRESH_HINT}")
+        if not gone:
+            out(f"{LOCK_FILE}: all {len(previous.packages)} pinned files are served")
+        return EXIT_INFRA if gone else 0
+    index = _index()
+    index.update(force=True)
+    pins = []
+    for old in previous.packages:
+        candidates = newest_first(index.pins(old.package))
+        if all(c.version != old.version for c in candidates):
+            candidates.append(old)
+        pins.append(first_served(candidates, mirrors) or old)
+    lock = Lock(previous.name, previous.arch, SUITES, tuple(pins), roots=previous.roots)
+    for line in diff_locks(previous, lock):
+        out(line)
+    write_lock(LOCK_FILE, lock)
+    out(f"{LOCK_FILE}: {len(pins)} packages")
+    return 0
+
+
+def linux_source(package: str = DEFAULT_SOURCE_PACKAGE, mirrors: Sequence[str] = ()) -> Path:
+    """Return the unpacked tree of a Debian ``linux-source-X.Y`` package, fetching it on first use.
+
+    The file is the one the lock pins, checked by SHA256. Concurrent first runs wait for each other
+    (one lock per version); the tree is unpacked in a private staging dir beside its destination and
+    renamed into place, so no run ever sees or removes another's half-made tree.
+    """
+    pin = source_pin(package, mirrors)
+    src = cache_subdir("src")
+    dest = src / f"{package}_{pin.version}"
+    if (dest / ".kvmh-complete").exists():
         return _tree_in(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    (deb,) = apt.download([package])
-    staging = dest.with_name(dest.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    unpack(deb, staging / "deb")
-    tarballs = sorted((staging / "deb/usr/src").glob("linux-source-*.tar.*"))
-    if not tarballs:
-        raise InfrastructureError(f"{deb.name} holds no linux-source tarball under /usr/src")
-    log.info("unpacking %s", tarballs[0].name)
-    _extract(tarballs[0], staging / "tree")
-    shutil.rmtree(staging / "deb")
-    staging.rename(dest)
-    (dest / ".kvmh-complete").write_text(version + "\n")
+    with file_lock(src / f".{dest.name}.lock", what=f"unpacking {package} {pin.version}"):
+        if (dest / ".kvmh-complete").exists():
+            return _tree_in(dest)
+        deb = fetch(pin, cache_subdir("debs/all"), mirrors_from(mirrors), refresh_hint=REFRESH_HINT)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=src))
+        try:
+            unpack(deb, staging / "deb")
+            tarballs = sorted((staging / "deb/usr/src").glob("linux-source-*.tar.*"))
+            if not tarballs:
+                raise InfrastructureError(f"{deb.name} holds no linux-source tarball under /usr/src")
+            log.info("unpacking %s", tarballs[0].name)
+            _extract(tarballs[0], staging / "tree")
+            shutil.rmtree(staging / "deb")
+            (staging / ".kvmh-complete").write_text(pin.version + "\n")
+            if dest.exists():
+                shutil.rmtree(dest)
+            staging.rename(dest)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return _tree_in(dest)
+
+
+def cached_tree(package: str = DEFAULT_SOURCE_PACKAGE) -> Optional[Path]:
+    """The unpacked tree of the pinned ``package`` if it is already in the cache, else None (fetches nothing)."""
+    pin = load_lock(LOCK_FILE).by_name().get(package)
+    if pin is None:
+        return None
+    dest = cache_subdir("src") / f"{package}_{pin.version}"
+    return _tree_in(dest) if (dest / ".kvmh-complete").exists() else None
 
 
 def _extract(tarball: Path, dest: Path) -> None:
