@@ -18,6 +18,7 @@ from harness.errors import InfrastructureError, UsageError
 from harness.hashing import file_sha256
 from harness.locks import file_lock, try_file_lock
 from harness.paths import cache_subdir
+from harness.stages import stage
 
 from . import rootfs
 from .cpio import write_initramfs
@@ -206,7 +207,8 @@ def build_image(arch: str = "s390x", *, kernel: Optional[Path] = None, modules_d
         if not force and _complete(directory):
             return _load(directory)
         _remove_abandoned_builds()
-        image = _build(recipe, resolution, user, key, digest, directory, mirrors)
+        with stage(f"image: {recipe.arch} guest"):
+            image = _build(recipe, resolution, user, key, digest, directory, mirrors)
     size = image.initrd.stat().st_size
     log.info("built guest image %s in %.1f s: initrd %.1f MiB, kernel %.1f MiB", directory.name,
              time.monotonic() - started, size / 2**20, image.kernel.stat().st_size / 2**20)

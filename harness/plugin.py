@@ -3,17 +3,20 @@ per-test kernel log windows (a splat fails the test that caused it), flaky-test 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
 
-from . import __version__
+from . import __version__, stages
 from .errors import HarnessError
 from .results.window import KernelLogWindow, can_read_kernel_log, splat_failure_message
 from .signals import install_sigterm_handler
+from .stages import stage
 from .targets.base import Target
 from .targets.spec import DEFAULT_TARGET, TargetOptions, make_target
 
@@ -39,6 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="trust an ssh:// target's host key on first contact")
     group.addoption("--kvm-retry-failed", action="store_true",
                     help="retry a failed test once; a pass on retry is reported as flaky")
+    group.addoption("--kvm-stage-mark", type=int, default=None, help=argparse.SUPPRESS)
     group.addoption("--kvm-property", action="append", default=[], metavar="NAME=VALUE",
                     help="extra JUnit testsuite property (series, base commit, ...)")
     from .selftests.pytest_items import add_options as add_selftest_options
@@ -78,7 +82,8 @@ class _TargetHolder:
             spec = self.config.getoption("--kvm-target")
             target = make_target(spec, target_options(self.config))
             try:
-                target.start()
+                with stage(f"boot: {spec}"):
+                    target.start()
             except HarnessError as err:
                 target.close()
                 self.error = err
@@ -125,6 +130,9 @@ def _junit_keeps_kernel_log(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    mark = getattr(config, "_kvm_stage_mark", None)
+    if mark is not None:
+        stages.forget_since(mark)
     holder = getattr(config, SESSION_KEY, None)
     if holder is not None:
         holder.close()
@@ -270,3 +278,26 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from .results.summary import write_summary
 
     write_summary(terminalreporter, config)
+    _write_timeline(terminalreporter, config)
+
+
+def _write_timeline(terminalreporter: Any, config: pytest.Config) -> None:
+    """The stages this run went through (source, build, image, boot, tests) with their wall times."""
+    entries = stages.records(getattr(config, "_kvm_stage_mark", 0))
+    if not entries:
+        return
+    started = getattr(config, "_kvm_session_started", None)
+    if started is not None:
+        entries.append(stages.StageRecord("pytest session (all above)", round(time.monotonic() - started, 2), "ok"))
+    terminalreporter.section("kvmh timeline", sep="-")
+    for line in stages.timeline_lines(entries):
+        terminalreporter.write_line(f"kvmh: {line}")
+    artifacts = _artifacts(config)
+    if artifacts is not None:
+        stages.write_json(artifacts / "stages.json", entries)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._kvm_session_started = time.monotonic()  # type: ignore[attr-defined]
+    given = session.config.getoption("--kvm-stage-mark")
+    session.config._kvm_stage_mark = stages.mark() if given is None else given  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import pytest
 
+from . import stages
 from .errors import EXIT_INFRA, EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE, HarnessError, UsageError
 from .signals import install_sigterm_handler
 from .targets.spec import TargetOptions, make_target, parse_target_spec
@@ -139,6 +140,7 @@ def exit_status_for(pytest_status: int, config: Optional[pytest.Config]) -> int:
 def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace], list[str]]) -> int:
     """``kvmh run``: build the series if one is given, boot the target, run every suite, report."""
     install_sigterm_handler()
+    stage_mark = stages.mark()
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -150,7 +152,8 @@ def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace
         from .kernel.cli import build_for_run
 
         try:
-            build = build_for_run(args)
+            with stages.stage("kernel build"):
+                build = build_for_run(args)
         except HarnessError as err:
             _report_infra_failure(artifacts, args, "kernel build", err)
             raise
@@ -163,7 +166,7 @@ def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace
         pytest_args += ["--kvm-tree", str(args.tree)]
     if args.junitxml is not None:
         pytest_args.append(f"--junitxml={args.junitxml}")
-    pytest_args += ["-rs", *extra]
+    pytest_args += ["-rs", "--kvm-stage-mark", str(stage_mark), *extra]
     return run_pytest(pytest_args, artifacts_root=args.artifacts, target=args.target, artifacts=artifacts)
 
 

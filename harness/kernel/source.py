@@ -16,6 +16,7 @@ from ..debian_pool import PinnedPackage, fetch, mirrors_from
 from ..errors import EXIT_INFRA, InfrastructureError, UsageError
 from ..locks import file_lock
 from ..paths import cache_subdir
+from ..stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,10 @@ def linux_source(package: str = DEFAULT_SOURCE_PACKAGE, mirrors: Sequence[str] =
     with file_lock(src / f".{dest.name}.lock", what=f"unpacking {package} {pin.version}"):
         if (dest / ".kvmh-complete").exists():
             return _tree_in(dest)
-        deb = fetch(pin, cache_subdir("debs/all"), mirrors_from(mirrors), refresh_hint=REFRESH_HINT)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=src))
         try:
-            unpack(deb, staging / "deb")
-            tarballs = sorted((staging / "deb/usr/src").glob("linux-source-*.tar.*"))
-            if not tarballs:
-                raise InfrastructureError(f"{deb.name} holds no linux-source tarball under /usr/src")
-            log.info("unpacking %s", tarballs[0].name)
-            _extract(tarballs[0], staging / "tree")
-            shutil.rmtree(staging / "deb")
-            (staging / ".kvmh-complete").write_text(pin.version + "\n")
+            with stage(f"source: {package} {pin.version}"):
+                _fetch_and_unpack(pin, staging, mirrors)
             if dest.exists():
                 shutil.rmtree(dest)
             staging.rename(dest)
@@ -106,6 +100,19 @@ def linux_source(package: str = DEFAULT_SOURCE_PACKAGE, mirrors: Sequence[str] =
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return _tree_in(dest)
+
+
+def _fetch_and_unpack(pin: PinnedPackage, staging: Path, mirrors: Sequence[str]) -> None:
+    """Fetch the pinned package and unpack its tarball's tree into ``staging/tree``."""
+    deb = fetch(pin, cache_subdir("debs/all"), mirrors_from(mirrors), refresh_hint=REFRESH_HINT)
+    unpack(deb, staging / "deb")
+    tarballs = sorted((staging / "deb/usr/src").glob("linux-source-*.tar.*"))
+    if not tarballs:
+        raise InfrastructureError(f"{deb.name} holds no linux-source tarball under /usr/src")
+    log.info("unpacking %s", tarballs[0].name)
+    _extract(tarballs[0], staging / "tree")
+    shutil.rmtree(staging / "deb")
+    (staging / ".kvmh-complete").write_text(pin.version + "\n")
 
 
 def cached_tree(package: str = DEFAULT_SOURCE_PACKAGE) -> Optional[Path]:
@@ -117,15 +124,30 @@ def cached_tree(package: str = DEFAULT_SOURCE_PACKAGE) -> Optional[Path]:
     return _tree_in(dest) if (dest / ".kvmh-complete").exists() else None
 
 
+EXTRACT_TIMEOUT_S = 1800.0
+
+
 def _extract(tarball: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
     if shutil.which("tar"):
-        proc = subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], capture_output=True, text=True)
+        try:
+            proc = subprocess.run(["tar", "--no-same-owner", "-xf", str(tarball), "-C", str(dest)],
+                                  capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise InfrastructureError(f"unpacking {tarball.name} took more than {EXTRACT_TIMEOUT_S:.0f} s") from None
         if proc.returncode != 0:
             raise InfrastructureError(f"unpacking {tarball.name} failed: {proc.stderr.strip()}")
         return
+    safe_extract(tarball, dest)
+
+
+def safe_extract(tarball: Path, dest: Path) -> None:
+    """Unpack with tarfile's ``data`` filter: no absolute paths, no ``..``, no links leading out, no devices."""
     with tarfile.open(tarball) as tar:
-        tar.extractall(dest)
+        try:
+            tar.extractall(dest, filter="data")
+        except tarfile.FilterError as err:
+            raise InfrastructureError(f"refusing to unpack {tarball.name}: {err}") from None
 
 
 def _tree_in(dest: Path) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from _pytest._code.code import ReprFileLocation, TerminalRepr
 from _pytest.reports import TestReport
 
 from ..errors import HarnessError
+from ..stages import stage
 from .build import SelftestBuild, build_selftests, harness_arch
 from .expectations import (
     PROP_HARNESS_SKIP,
@@ -44,6 +46,7 @@ from .runner import ProgramRun, RunOptions, SelftestRunner, select_programs
 
 log = logging.getLogger(__name__)
 
+_PROGS_LINE = re.compile(r"^TEST_GEN_PROGS_(\w+)\s*\+?=\s*(.*)$")
 SUITE_NAME = "kvm-selftests"
 MARKER_SUFFIX = ".kvmh"
 OUTPUT_LIMIT = 200_000
@@ -122,6 +125,8 @@ class _SessionState:
     expectations: Expectations = field(default_factory=Expectations)
     records: list[ResultRecord] = field(default_factory=list)
     facts_recorded: bool = False
+    build_error: Optional[HarnessError] = None
+    planned: list[str] = field(default_factory=list)
 
 
 def _state(config: pytest.Config) -> _SessionState:
@@ -178,12 +183,27 @@ class SelftestFile(pytest.File):
             yield SelftestPlaceholder.from_parent(self, name="kvm-selftests",
                                                   reason="the model target runs no C selftests")
             return
-        if state.build is None:
-            state.build = build_selftests(_tree(config), arch)
-            b = state.build
-            log.info("KVM selftests %s: %d programs (%s, %.1f s)", arch, len(b.programs),
-                     "cached" if b.cached else "built", b.duration_s)
+        if state.build is None and state.build_error is None:
+            tree: Optional[Path] = None
+            try:
+                tree = _tree(config)
+                with stage(f"selftests build ({arch})"):
+                    state.build = build_selftests(tree, arch)
+            except HarnessError as err:
+                # The suite's own setup failed: its items error, every other suite still runs, exit 2.
+                state.build_error = err
+                config._kvm_infra_error = err  # type: ignore[attr-defined]
+                state.planned = listed_programs(tree, arch) if tree is not None else []
+            else:
+                b = state.build
+                log.info("KVM selftests %s: %d programs (%s, %.1f s)", arch, len(b.programs),
+                         "cached" if b.cached else "built", b.duration_s)
+        if state.build_error is not None:
+            for name in state.planned or ["kvm-selftests-build"]:
+                yield SelftestSetupError.from_parent(self, name=name, error=state.build_error)
+            return
         build = state.build
+        assert build is not None
         include = self.settings.get("include", "").split() + list(_opt(config, "--selftest-include") or [])
         exclude = self.settings.get("exclude", "").split() + list(_opt(config, "--selftest-exclude") or [])
         for program in select_programs(build.programs, include, exclude):
@@ -195,6 +215,45 @@ class SelftestFile(pytest.File):
         if isinstance(excinfo.value, HarnessError):
             return f"{self.path.name}: {excinfo.value}"
         return super().repr_failure(excinfo)
+
+
+class SelftestSetupError(pytest.Item):
+    """An item of a suite whose setup (the selftest build) failed: it errors with that failure."""
+
+    def __init__(self, *, error: HarnessError, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+
+    def setup(self) -> None:
+        raise SelftestFailed(f"the KVM selftest build failed, so {self.name} did not run: {self.error}")
+
+    def runtest(self) -> None:  # pragma: no cover - setup always raises
+        raise AssertionError("unreachable")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        return str(excinfo.value)
+
+    def reportinfo(self) -> tuple[Union[Path, str], Optional[int], str]:
+        return self.path, 0, f"selftest {self.name}"
+
+
+def listed_programs(tree: Path, arch: str) -> list[str]:
+    """The programs the tree's KVM selftest Makefile lists for ``arch`` (read, not built); [] when unknown."""
+    kvm_dir = Path(tree) / "tools/testing/selftests/kvm"
+    names: list[str] = []
+    arch_dirs = {"s390x": ("s390x", "s390"), "x86_64": ("x86_64", "x86")}.get(arch, (arch,))
+    for makefile in (kvm_dir / "Makefile.kvm", kvm_dir / "Makefile"):
+        try:
+            text = makefile.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            match = _PROGS_LINE.match(line)
+            if match and match.group(1) in arch_dirs:
+                names.extend(match.group(2).split())
+        if names:
+            break
+    return list(dict.fromkeys(names))
 
 
 class SelftestPlaceholder(pytest.Item):
@@ -326,11 +385,19 @@ class SelftestItem(pytest.Item):
         if outcome == "xfailed":
             report.wasxfail = verdict.message
         self.ihook.pytest_runtest_logreport(report=report)
+        self._uncount_progress(nodeid)
         props = [(PROP_PROGRAM, self.program), (PROP_SUBTEST, name), (PROP_OUTCOME, sub.outcome.value),
                  (PROP_REASON, _clip(sub.reason, REASON_LIMIT))]
         teardown = TestReport(nodeid, location, keywords, "passed", None, "teardown", sections=[],
                               duration=0.0, user_properties=props, start=now, stop=now)
         self.ihook.pytest_runtest_logreport(report=teardown)
+
+    def _uncount_progress(self, nodeid: str) -> None:
+        """Keep pytest's ``[NN%]`` column at items run / items collected: a subtest is not a collected item."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        reported = getattr(reporter, "_progress_nodeids_reported", None)
+        if isinstance(reported, set):
+            reported.discard(nodeid)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, SelftestFailed):
