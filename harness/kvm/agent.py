@@ -1,7 +1,7 @@
 """KVM scenario agent: runs one scenario's steps on the target and prints one JSON record per step.
 
 Runs on the target with the standard library only (Python 3.9+), shipped with ``uapi.py`` as one zipapp
-(``harness.kvm.bundle``).  Input: a JSON scenario on stdin (or ``--scenario FILE``)::
+(``harness.kvm.bundle``).  Input: a JSON scenario on stdin (or ``--scenario FILE``, or ``--scenario-fd N``)::
 
     {"default_timeout_s": 30, "total_timeout_s": 300, "steps": [{"op": "open_kvm"}, ...]}
 
@@ -14,6 +14,7 @@ A failing ioctl is data (``errno``), not an agent error.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import mmap
 import os
@@ -21,6 +22,7 @@ import platform
 import select
 import signal
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -41,8 +43,13 @@ SENTINEL_RC, SENTINEL_RRC = 0xDEAD, 0xBEEF
 MIB = 1 << 20
 SEGMENT = MIB  # s390 memslots must start and end on a 1 MiB boundary
 PGSTE_SYSCTL = "/proc/sys/vm/allocate_pgste"
-REEXEC_ENV = "KVMH_AGENT_SCENARIO"
+KMSG = "/dev/kmsg"
 MAX_FILE_BYTES = 65536
+MAX_LOG_LINES = 20
+# Layout of the page a forked child shares with its parent for the PV command at its kill point.
+CELL_SIZE = 4096
+CELL_STATE, CELL_ERRNO, CELL_RET, CELL_STRUCT = 0, 4, 8, 16
+CELL_ENTERED, CELL_RETURNED = 1, 2
 
 # op -> (required keys, optional keys with defaults)
 OPS: Dict[str, Tuple[Tuple[str, ...], Dict[str, Any]]] = {
@@ -59,6 +66,8 @@ OPS: Dict[str, Tuple[Tuple[str, ...], Dict[str, Any]]] = {
     "run_vcpu": ((), {"vcpu": "vcpu0"}),
     "pv": (("cmd",), {"vm": "vm", "flags": 0, "data": 0, "rc": SENTINEL_RC, "rrc": SENTINEL_RRC}),
     "pv_cpu": (("cmd",), {"vcpu": "vcpu0", "flags": 0, "data": 0, "rc": SENTINEL_RC, "rrc": SENTINEL_RRC}),
+    "pv_protected": ((), {"vm": "vm", "rc": SENTINEL_RC, "rrc": SENTINEL_RRC}),
+    "kernel_log": ((), {"since": None, "match": []}),
     "close": (("handle",), {}),
     "read_file": (("path",), {}),
     "meminfo": ((), {}),
@@ -231,9 +240,10 @@ _libc.munmap.restype = ctypes.c_int
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def map_anonymous(size: int) -> int:
-    """mmap(2) private anonymous read/write memory; raises OSError."""
-    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+def map_anonymous(size: int, shared: bool = False) -> int:
+    """mmap(2) anonymous read/write memory, private (or shared with forked children); raises OSError."""
+    kind = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, kind | mmap.MAP_ANONYMOUS, -1, 0)
     if addr is None or addr == MAP_FAILED:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -280,6 +290,77 @@ def cgroup_memory_current() -> Dict[str, Any]:
             with open(full) as f:
                 return {"cgroup": path, "file": full, "current": int(f.read().strip())}
     raise StepError("no memory cgroup file found (neither v2 memory.current nor v1 memory.usage_in_bytes)")
+
+
+def kmsg_chunks(path: str = KMSG) -> List[bytes]:
+    """Every record /dev/kmsg still holds (one per read), without blocking at the end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # EPIPE: records were overwritten under the reader; the next read goes on
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return chunks
+
+
+def parse_kmsg(chunk: bytes) -> Optional[Tuple[int, str]]:
+    """``b"4,1234,5678,-;protvirt destroy cpu failed rc 105 rrc 0"`` -> ``(1234, "protvirt destroy cpu …")``."""
+    head, sep, rest = chunk.decode("utf-8", "replace").partition(";")
+    fields = head.split(",")
+    if not sep or len(fields) < 2 or not fields[1].isdigit():
+        return None
+    return int(fields[1]), rest.split("\n", 1)[0]
+
+
+class PvCell:
+    """A page shared with a forked child: the ``struct kvm_pv_cmd`` of its kill point and how far it got.
+
+    The kernel copies the struct back before a task killed inside the ioctl returns to userspace, so the
+    parent can read what the kernel reported even though the child never resumed.
+    """
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.addr = map_anonymous(CELL_SIZE, shared=True)
+
+    def _u32(self, offset: int) -> ctypes.c_uint32:
+        return ctypes.c_uint32.from_address(self.addr + offset)
+
+    def struct(self) -> uapi.KvmPvCmd:
+        return uapi.KvmPvCmd.from_address(self.addr + CELL_STRUCT)
+
+    def entered(self) -> None:
+        self._u32(CELL_STATE).value = CELL_ENTERED
+
+    def returned(self, ret: Optional[int], err: Optional[int]) -> None:
+        ctypes.c_int64.from_address(self.addr + CELL_RET).value = -1 if ret is None else ret
+        ctypes.c_int32.from_address(self.addr + CELL_ERRNO).value = err or 0
+        self._u32(CELL_STATE).value = CELL_RETURNED
+
+    def read(self) -> Dict[str, Any]:
+        state = self._u32(CELL_STATE).value
+        if state < CELL_ENTERED:
+            return {"step": self.step, "entered": False}
+        cmd = self.struct()
+        out: Dict[str, Any] = {"step": self.step, "entered": True, "returned": state == CELL_RETURNED,
+                               "rc": int(cmd.rc), "rrc": int(cmd.rrc)}
+        if state == CELL_RETURNED:
+            err = ctypes.c_int32.from_address(self.addr + CELL_ERRNO).value
+            out["errno"] = uapi.errno_name(err) if err else None
+            out["ret"] = None if err else int(ctypes.c_int64.from_address(self.addr + CELL_RET).value)
+        return out
+
+    def close(self) -> None:
+        _libc.munmap(self.addr, CELL_SIZE)
 
 
 # --- step execution -------------------------------------------------------------------------------------
@@ -356,6 +437,7 @@ class Executor:
         self.labels = labels
         self.default_timeout_s = default_timeout_s
         self.quiet = 0  # inside a loop: inner steps (and their forks' children) print no records
+        self.kill_cell: Optional[PvCell] = None  # in a forked child: the PV step the parent will kill in
 
     @property
     def failed(self) -> bool:
@@ -474,18 +556,38 @@ class Executor:
         out.data = {"exit_reason": int.from_bytes(run[offset:offset + 4], sys.byteorder)}
 
     def _pv(self, fd: int, request: int, step: Dict[str, Any], out: Outcome) -> None:
-        cmd = uapi.KvmPvCmd(cmd=int(step["cmd"]), rc=int(step["rc"]), rrc=int(step["rrc"]),
-                            data=int(step["data"]), flags=int(step["flags"]))
+        cell = self.kill_cell if self.kill_cell is not None and self.kill_cell.step == step["name"] else None
+        cmd = cell.struct() if cell is not None else uapi.KvmPvCmd()
+        cmd.cmd, cmd.rc, cmd.rrc = int(step["cmd"]), int(step["rc"]), int(step["rrc"])
+        cmd.data, cmd.flags = int(step["data"]), int(step["flags"])
+        if cell is not None:
+            cell.entered()
+        err: Optional[int] = None
         try:
             out.ret = ioctl(fd, request, ctypes.addressof(cmd))
+        except OSError as exc:
+            err = exc.errno
+            raise
         finally:
             out.rc, out.rrc = cmd.rc, cmd.rrc
+            if cell is not None:
+                cell.returned(out.ret, err)
 
     def op_pv(self, step: Dict[str, Any], out: Outcome) -> None:
         self._pv(self.state.fd(step["vm"], "vm"), uapi.KVM_S390_PV_COMMAND, step, out)
 
     def op_pv_cpu(self, step: Dict[str, Any], out: Outcome) -> None:
         self._pv(self.state.fd(step["vcpu"], "vcpu"), uapi.KVM_S390_PV_CPU_COMMAND, step, out)
+
+    def op_pv_protected(self, step: Dict[str, Any], out: Outcome) -> None:
+        """Is the VM protected?  SET_SEC_PARMS with data 0: EFAULT when it is, EINVAL when not; no side effect."""
+        probe = dict(step, cmd=int(uapi.PvCmd.KVM_PV_SET_SEC_PARMS), data=0, flags=0)
+        try:
+            self._pv(self.state.fd(step["vm"], "vm"), uapi.KVM_S390_PV_COMMAND, probe, out)
+        except OSError as err:
+            out.data = {"protected": {errno.EFAULT: True, errno.EINVAL: False}.get(err.errno)}
+            raise
+        out.data = {"protected": None}  # success is not a possible answer to a NULL parameter block
 
     def op_close(self, step: Dict[str, Any], out: Outcome) -> None:
         name = step["handle"]
@@ -497,6 +599,36 @@ class Executor:
     def op_read_file(self, step: Dict[str, Any], out: Outcome) -> None:
         with open(step["path"], "rb") as f:
             out.data = f.read(MAX_FILE_BYTES).decode("utf-8", "replace").strip()
+        out.ret = 0
+
+    def op_kernel_log(self, step: Dict[str, Any], out: Outcome) -> None:
+        """Without ``since``: a mark (the last /dev/kmsg sequence number).  With it: lines matching ``match``
+        printed after that mark (``counts``), and before it (``earlier``: a WARN_ONCE fires once per boot)."""
+        records = [r for r in (parse_kmsg(c) for c in kmsg_chunks()) if r is not None]
+        last = records[-1][0] if records else -1
+        since = step["since"]
+        if since is None:
+            out.data = {"seq": last}
+            out.ret = 0
+            return
+        mark_record = self.state.records.get(since)
+        mark_data = (mark_record or {}).get("data")
+        if not isinstance(mark_data, dict) or "seq" not in mark_data:
+            raise StepError(f"since {since!r} is not an earlier kernel_log mark")
+        mark = int(mark_data["seq"])
+        patterns = [str(p) for p in step["match"]]
+        counts = {p: 0 for p in patterns}
+        earlier = {p: 0 for p in patterns}
+        lines: List[str] = []
+        for seq, text in records:
+            hits = [p for p in patterns if p in text]
+            for pattern in hits:
+                (counts if seq > mark else earlier)[pattern] += 1
+            if hits and seq > mark and len(lines) < MAX_LOG_LINES:
+                lines.append(text)
+        complete = not records or records[0][0] <= mark + 1
+        out.data = {"counts": counts, "earlier": earlier, "lines": lines, "since_seq": mark, "last_seq": last,
+                    "complete": complete}
         out.ret = 0
 
     def op_meminfo(self, step: Dict[str, Any], out: Outcome) -> None:
@@ -586,8 +718,14 @@ class Executor:
 
 
 def fork_steps(parent: Executor, step: Dict[str, Any]) -> Dict[str, Any]:
-    """Run ``step["steps"]`` in a forked child; SIGKILL it ``kill_after_ms`` after it begins ``kill_at``."""
+    """Run ``step["steps"]`` in a forked child; SIGKILL it ``kill_after_ms`` after it begins ``kill_at``.
+
+    When ``kill_at`` is a PV command, its ``struct kvm_pv_cmd`` lives in a page shared with the child, and
+    the result reports what the kernel copied back into it (``kill_pv``), even if the child never resumed.
+    """
     label = step["as"]
+    target = next((s for s in step["steps"] if s["name"] == step["kill_at"]), None)
+    cell = PvCell(target["name"]) if target is not None and target["op"] == "pv" else None
     read_fd, write_fd = os.pipe()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -603,6 +741,7 @@ def fork_steps(parent: Executor, step: Dict[str, Any]) -> Dict[str, Any]:
                     pass
             emitter = Emitter(write_fd)
             child = Executor(State(), emitter, None, dict(parent.labels, proc=label), parent.default_timeout_s)
+            child.kill_cell = cell
             child.run_steps(step["steps"], notify=lambda name: emitter.emit({"op": "begin", "name": name}))
             code = 1 if child.failed else 0
         except BaseException:  # noqa: BLE001 - the child must never return into the parent's code
@@ -652,6 +791,9 @@ def fork_steps(parent: Executor, step: Dict[str, Any]) -> Dict[str, Any]:
         result["exit_status"] = os.WEXITSTATUS(status)
     if step["kill_at"] is not None and kill_time is None:
         result["kill_missed"] = f"child never began step {step['kill_at']!r}"
+    if cell is not None:
+        result["kill_pv"] = cell.read()
+        cell.close()
     return result
 
 
@@ -663,25 +805,77 @@ def _unfinished(begun: List[str], finished: List[str]) -> Optional[str]:
 # --- setup ----------------------------------------------------------------------------------------------
 
 
-def pgste_setup(needs_vm: bool, reexeced: bool) -> Dict[str, Any]:
-    """On s390x, make sure this process's mm has PGSTEs (needed by KVM_CREATE_VM before the gmap rewrite)."""
+def pgste_setup(needs_vm: bool, restore: Optional[str] = None) -> Dict[str, Any]:
+    """On s390x, make sure this process's mm has PGSTEs (needed by KVM_CREATE_VM before the gmap rewrite).
+
+    ``vm.allocate_pgste`` is host-wide, and it only matters when a process's mm is created (at exec; forked
+    children inherit it).  So the agent sets it, re-executes itself (``"pgste": "reexec"``, the old value in
+    ``"previous"``), and the re-executed agent (``restore`` = the old value) puts it back at once.
+    """
     info: Dict[str, Any] = {"arch": platform.machine()}
+    if restore is not None:
+        info["pgste"] = restore_pgste(restore)
+        return info
     if platform.machine() != "s390x" or not needs_vm or not os.path.exists(PGSTE_SYSCTL):
         info["pgste"] = "not needed"
         return info
     with open(PGSTE_SYSCTL) as f:
         value = f.read().strip()
     if value == "1":
-        info["pgste"] = "vm.allocate_pgste=1" + (" (set by the agent)" if reexeced else "")
+        info["pgste"] = "vm.allocate_pgste=1"
         return info
     try:
         with open(PGSTE_SYSCTL, "w") as f:
             f.write("1\n")
     except OSError as err:
-        info["pgste"] = f"vm.allocate_pgste=0 and cannot set it: {err.strerror}"
+        info["pgste"] = f"vm.allocate_pgste={value} and cannot set it: {err.strerror}"
         return info
     info["pgste"] = "reexec"
+    info["previous"] = value
     return info
+
+
+def restore_pgste(previous: str) -> str:
+    """Put ``vm.allocate_pgste`` back to ``previous``; say what this process has and what was restored."""
+    try:
+        with open(PGSTE_SYSCTL, "w") as f:
+            f.write(previous + "\n")
+    except OSError as err:
+        return (f"vm.allocate_pgste=1 for this process (set by the agent); "
+                f"restoring {previous} failed: {err.strerror}")
+    return f"vm.allocate_pgste=1 for this process (set by the agent, host value restored to {previous})"
+
+
+def handoff_args(text: str) -> List[str]:
+    """Arguments handing the scenario to the re-executed agent: an inherited memfd, else a private file.
+
+    Not the environment: execve refuses a single string above 128 KiB (E2BIG).
+    """
+    data = text.encode()
+    create = getattr(os, "memfd_create", None)
+    if create is not None:
+        try:
+            fd = create("kvmh-agent-scenario", 0)  # no MFD_CLOEXEC: it survives the exec
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            _write_all(fd, data)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.set_inheritable(fd, True)
+            return ["--scenario-fd", str(fd)]
+    directory = tempfile.mkdtemp(prefix="kvmh-agent-")  # mode 0700
+    path = os.path.join(directory, "scenario.json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+    return ["--scenario-file", path]
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
 
 
 def agent_facts() -> Dict[str, Any]:
@@ -690,22 +884,55 @@ def agent_facts() -> Dict[str, Any]:
             "pid": os.getpid(), "kvm": os.path.exists("/dev/kvm")}
 
 
-def read_input(argv: List[str]) -> str:
-    pending = os.environ.pop(REEXEC_ENV, None)
-    if pending is not None:
-        return pending
-    if len(argv) >= 2 and argv[0] == "--scenario":
-        with open(argv[1]) as f:
+def parse_args(argv: List[str]) -> Dict[str, str]:
+    """``--scenario FILE``, ``--scenario-fd N``, ``--scenario-file PATH`` (removed once read), ``--pgste-restore V``."""
+    known = ("--scenario", "--scenario-fd", "--scenario-file", "--pgste-restore")
+    args: Dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        if argv[i] not in known or i + 1 >= len(argv):
+            raise ValueError(f"unknown or incomplete argument {argv[i]!r} (known: {', '.join(known)})")
+        args[argv[i]] = argv[i + 1]
+        i += 2
+    return args
+
+
+def read_input(args: Dict[str, str]) -> str:
+    if "--scenario-fd" in args:
+        with os.fdopen(int(args["--scenario-fd"]), "rb") as f:
+            return f.read().decode()
+    if "--scenario-file" in args:
+        path = args["--scenario-file"]
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode()
+        finally:
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
+    if "--scenario" in args:
+        with open(args["--scenario"]) as f:
             return f.read()
     return sys.stdin.read()
+
+
+def reexec(text: str, previous: str) -> str:
+    """Re-execute the agent (its new mm gets PGSTEs); returns only on failure, with the sysctl restored."""
+    argv = [sys.executable, sys.argv[0]] + handoff_args(text) + ["--pgste-restore", previous]
+    sys.stdout.flush()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as err:
+        restored = restore_pgste(previous)
+        return f"re-executing with vm.allocate_pgste=1 failed: {err.strerror} ({restored})"
+    return "unreachable"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     emitter = Emitter(sys.stdout.fileno())
-    reexeced = REEXEC_ENV in os.environ
     try:
-        text = read_input(argv)
+        args = parse_args(argv)
+        text = read_input(args)
         doc = parse_scenario(text)
         uapi.check_ioc_arch(platform.machine())
     except InputError as err:
@@ -715,11 +942,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, ValueError) as err:
         emitter.emit({"name": "end", "op": "end", "ok": False, "exit": EXIT_BAD_INPUT, "error": str(err)})
         return EXIT_BAD_INPUT
-    setup = pgste_setup(scenario_needs_vm(doc["steps"]), reexeced)
-    if setup["pgste"] == "reexec" and not reexeced:
-        os.environ[REEXEC_ENV] = text
-        sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable] + sys.argv)
+    setup = pgste_setup(scenario_needs_vm(doc["steps"]), args.get("--pgste-restore"))
+    if setup["pgste"] == "reexec":
+        error = reexec(text, setup["previous"])
+        emitter.emit({"name": "end", "op": "end", "ok": False, "exit": EXIT_STEP_ERROR, "error": error})
+        return EXIT_STEP_ERROR
     facts = agent_facts()
     facts.update(setup)
     emitter.emit({"name": "agent", "op": "agent", "ret": 0, "errno": None, "data": facts})

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple
 
 from . import uapi
+from .fixes import Version, fix, release_version
 
 ASYNC_TEARDOWN_SINCE = (6, 2)
 PV_CAPS = (uapi.KVM_CAP_S390_PROTECTED, uapi.KVM_CAP_S390_PROTECTED_DUMP,
@@ -51,6 +52,15 @@ class Capabilities:
         return kernel_version(self.kernel_release)
 
     @property
+    def full_version(self) -> Optional[Version]:
+        """(major, minor, patch) from the full release string; a stable backport depends on the patch level."""
+        return release_version(self.kernel_release)
+
+    def has_fix(self, commit: str) -> Optional[bool]:
+        """Whether this kernel's release has a catalogued fix by its number (None: release unparsable)."""
+        return fix(commit).present_in(self.full_version)
+
+    @property
     def predates_async_teardown(self) -> Optional[bool]:
         """True for kernels before 6.2 (no PREPARE/PERFORM, capability 224 unknown); None if unparsable."""
         version = self.version
@@ -67,6 +77,7 @@ class Capabilities:
         data = asdict(self)
         data["caps"] = {str(k): v for k, v in self.caps.items()}
         data["predates_6_2"] = self.predates_async_teardown
+        data["full_version"] = self.full_version
         return data
 
     def summary(self) -> str:

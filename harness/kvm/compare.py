@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from .model import ANY, FD, matches
+from .matchers import ANY, FD, OneOf, matches
 
 COMPARED = ("ret", "errno", "rc", "rrc", "data", "error", "timed_out")
 META_OPS = ("agent", "end")
@@ -34,6 +34,17 @@ class Row:
     fields: List[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PinnedDeviation:
+    """A deviation at a step whose expectation comes from an upstream fix."""
+
+    step: str
+    fix: str
+    symptom: str
+    observed: str
+    succeeded: bool  # the observed call returned success (the behaviour the fix forbids)
+
+
 @dataclass
 class Comparison:
     """The outcome of comparing one run with the best-matching model alternative."""
@@ -41,6 +52,7 @@ class Comparison:
     rows: List[Row]
     deviations: List[Deviation]
     alternatives: int = 1
+    pinned: List[PinnedDeviation] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -63,6 +75,8 @@ def _fmt(value: Any, hex_from: int = 1 << 16) -> str:
         return "*"
     if value is FD:
         return "fd"
+    if isinstance(value, OneOf):
+        return " | ".join(_fmt(a) for a in value.alternatives)
     if isinstance(value, int) and not isinstance(value, bool) and value >= hex_from:
         return hex(value)
     if isinstance(value, dict):
@@ -113,6 +127,7 @@ def compare_one(expected: Sequence[Dict[str, Any]], observed: Sequence[Dict[str,
     seen = {r["name"]: r for r in observed if r.get("op") not in META_OPS}
     rows: List[Row] = []
     deviations: List[Deviation] = []
+    pinned: List[PinnedDeviation] = []
     for exp in expected:
         obs = seen.pop(exp["name"], None)
         bad: List[str] = []
@@ -136,6 +151,10 @@ def compare_one(expected: Sequence[Dict[str, Any]], observed: Sequence[Dict[str,
                     bad.append(key)
                     deviations.append(Deviation(exp["name"], key, want, got))
         rows.append(Row(exp["name"], exp["op"], _where(exp), summarize(exp), summarize(obs, exp), bad))
+        pin = exp.get("pin")
+        if bad and isinstance(pin, dict):
+            succeeded = obs is not None and obs.get("errno") is None and obs.get("error") is None
+            pinned.append(PinnedDeviation(exp["name"], pin["fix"], pin["symptom"], summarize(obs, exp), succeeded))
     for name, obs in seen.items():
         deviations.append(Deviation(name, "record", None, summarize(obs)))
         rows.append(Row(name, obs.get("op", "?"), _where(obs), "(no record)", summarize(obs), ["unexpected"]))
@@ -146,7 +165,7 @@ def compare_one(expected: Sequence[Dict[str, Any]], observed: Sequence[Dict[str,
     elif not end.get("ok"):
         deviations.append(Deviation("end", "ok", True, end.get("error")))
         rows.append(Row("end", "end", "", "ok", f"failed: {end.get('error') or end.get('exit')}", ["ok"]))
-    return Comparison(rows, deviations)
+    return Comparison(rows, deviations, pinned=pinned)
 
 
 def compare(alternatives: Sequence[Sequence[Dict[str, Any]]], observed: Sequence[Dict[str, Any]]) -> Comparison:

@@ -14,8 +14,18 @@ Sources: docs/async-destroy-spec.md, checked against Debian linux-source-6.12 ``
   (memory limit <= 2 GiB): after that failure the vCPUs are non-protected, the VM still protected.
 * PERFORM with destroy-fast leaves rc/rrc untouched (the fast destroy already happened in PREPARE);
   without it rc/rrc come from Destroy Secure Configuration.
-* A fatal signal during PERFORM queues the VM on ``need_cleanup``; ``kvm_arch_destroy_vm`` and DISABLE
-  destroy the current, the set-aside and every ``need_cleanup`` configuration.
+* A fatal signal during PERFORM queues the VM on ``need_cleanup`` and returns 0 with rc=1 rrc=42;
+  ``kvm_arch_destroy_vm`` and DISABLE destroy the current, the set-aside and every ``need_cleanup``
+  configuration.  The killed process never sees that result, but the agent keeps the command's struct in
+  memory shared with the fork's parent, so the model states it (``kill_pv`` of the fork step).
+* ``KVM_PV_SET_SEC_PARMS`` with ``data = 0`` probes protection without side effects: ``-EINVAL`` when the
+  VM is not protected (checked first), ``-EFAULT`` when it is (copy from the NULL pointer).
+* Expectations that come from an upstream fix carry it (``pin``): PREPARE refusing a VM of at most 2 GiB
+  is fix 292a7d6fca33 (kernels 6.2 and 6.3 before 6.3.3 accept it).  The model demands the fixed
+  behaviour; a deviation there names the fix (``harness.kvm.fixes``).
+* Every Ultravisor destroy call a step makes is a ``protvirt destroy … failed`` WARN_ONCE site
+  (``harness.kvm.warns``); the model says which may and which must not fire, and a ``kernel_log`` check
+  step expects exactly that.
 
 Threads are run cooperatively: each runs until it blocks (``wait_event``, ``wait_step``, ``join``); the
 model repeats the evaluation for every scheduling order of the threads, so a race yields several allowed
@@ -31,62 +41,19 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import uapi
 from .caps import ASYNC_TEARDOWN_SINCE, Capabilities
+from .matchers import ANY, FD, OneOf, matches
+from .warns import MAY, MUST_NOT, WARN_SITES
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ANY", "FD", "OneOf", "matches", "Model", "concretize", "WarnSite"]
 
 TWO_GIB = 1 << 31
 MIB = 1 << 20
 ASSUMED_DEFAULT_LIMIT_OK = 1 << 40  # limits up to 1 TiB are below any s390 host's default (hamax / TASK_SIZE)
 PV_INFO_SINCE = (6, 0)
-
-
-class _Any:
-    """Matches every value (the model cannot predict it)."""
-
-    def __repr__(self) -> str:
-        return "*"
-
-    def __eq__(self, other: object) -> bool:
-        return True
-
-    def __hash__(self) -> int:
-        return 0
-
-    def to_json(self) -> str:
-        return "*"
-
-
-class _Fd:
-    """Matches a non-negative int (a file descriptor)."""
-
-    def __repr__(self) -> str:
-        return "fd"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, int) and not isinstance(other, bool) and other >= 0
-
-    def __hash__(self) -> int:
-        return 1
-
-    def to_json(self) -> str:
-        return "fd"
-
-
-ANY: Any = _Any()
-FD: Any = _Fd()
-
-
-def matches(expected: Any, observed: Any) -> bool:
-    """Compare one field; dict expectations match a subset of the observed dict's keys."""
-    if expected is ANY:
-        return True
-    if expected is FD:
-        return FD == observed
-    if isinstance(expected, dict):
-        if not isinstance(observed, dict):
-            return False
-        return all(k in observed and matches(v, observed[k]) for k, v in expected.items())
-    return expected == observed
+# Without fix 292a7d6fca33 PREPARE replaces a segment-table ASCE and succeeds (rc=1 rrc=42).
+SMALL_VM_PIN = {"fix": "292a7d6fca33", "symptom": "PREPARE accepted a VM of ≤ 2 GiB"}
 
 
 # --- model state ------------------------------------------------------------------------------------------
@@ -139,6 +106,20 @@ class Result:
     data: Any = None
     error: Any = None
     sim: Any = None  # concrete data the model target reports where ``data`` is ANY
+    pin: Any = None  # {"fix", "symptom"}: the upstream fix this expectation comes from
+
+
+@dataclass(frozen=True)
+class WarnSite:
+    """A step reaches a ``protvirt destroy … failed`` WARN_ONCE: the model says it may or must not fire."""
+
+    step: str
+    function: str
+    message: str
+    verdict: str  # MUST_NOT or MAY
+
+    def describe(self) -> str:
+        return f"{self.step}: {self.function} {self.verdict} WARN ({self.message!r})"
 
 
 def ok(ret: Any = 0, data: Any = None, sim: Any = None) -> Result:
@@ -191,8 +172,11 @@ class Model:
         return alternatives
 
     def simulate(self, steps: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """Concrete records, as the agent would print them on a host that behaves like the model."""
-        records = _Run(self.caps, None).evaluate(steps)
+        """Concrete records, as the agent would print them on a host that behaves like the model.
+
+        A step the SIGKILL lands in prints nothing: the simulated kill interrupts it (see ``kill_pv``).
+        """
+        records = [r for r in _Run(self.caps, None).evaluate(steps) if not r.get("optional")]
         return [concretize(r, i) for i, r in enumerate(records)]
 
     def events(self, steps: List[Dict[str, Any]]) -> List[str]:
@@ -200,6 +184,12 @@ class Model:
         run = _Run(self.caps, None)
         run.evaluate(steps)
         return run.events
+
+    def warn_sites(self, steps: List[Dict[str, Any]]) -> List[WarnSite]:
+        """Every WARN_ONCE site the steps reach, in order, with whether it may or must not fire."""
+        run = _Run(self.caps, None)
+        run.evaluate(steps)
+        return list(run.warn_log)
 
     @staticmethod
     def _orders(steps: List[Dict[str, Any]]) -> List[Optional[Tuple[str, ...]]]:
@@ -223,7 +213,7 @@ def _thread_labels(steps: List[Dict[str, Any]]) -> List[str]:
 
 def concretize(record: Dict[str, Any], index: int) -> Dict[str, Any]:
     """Replace matchers by plausible concrete values (the model target's observations)."""
-    out = {k: v for k, v in record.items() if k not in ("optional", "sim")}
+    out = {k: v for k, v in record.items() if k not in ("optional", "sim", "pin")}
     sim = record.get("sim")
     defaults = {"ret": 0, "errno": None, "rc": uapi.UVC_RC_EXECUTED, "rrc": 0}
     for key, default in defaults.items():
@@ -244,7 +234,7 @@ def _concrete_data(data: Any, sim: Any) -> Any:
     if isinstance(data, dict):
         base = dict(sim) if isinstance(sim, dict) else {}
         for k, v in data.items():
-            if v is ANY or v is FD:
+            if v is ANY or v is FD or isinstance(v, OneOf):
                 base.setdefault(k, None)
             else:
                 base[k] = _concrete_data(v, None)
@@ -268,6 +258,10 @@ class _Run:
         self.event_flags: set = set()
         self.vm_count = 0
         self.quiet = 0  # inside a loop: inner steps (and their forks' children) print no records
+        self.warn_log: List[WarnSite] = []
+        self.marks: Dict[str, int] = {}  # kernel_log mark step -> position in warn_log
+        self.current = "<start>"  # the step whose effects are being evaluated
+        self.kill_pv: Optional[Tuple[Any, Any]] = None  # (expected, simulated) struct of a killed pv step
 
     # scheduling
     def evaluate(self, steps: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -275,6 +269,7 @@ class _Run:
         try:
             self._run_process(proc, steps, {}, kill_at=None)
         finally:
+            self.current = "<exit>"
             self._exit_process(proc)
         return self.records
 
@@ -338,16 +333,25 @@ class _Run:
     def _exec(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any],
               kill_at: Optional[str]) -> Tuple[Result, Optional[str]]:
         self.started.add(step["name"])
-        if step["op"] == "fork":
-            return self._fork(proc, step, labels), None
-        if step["op"] == "loop":
-            return self._loop(proc, step, labels, kill_at)
-        return getattr(self, "op_" + step["op"])(proc, step), None
+        outer, self.current = self.current, step["name"]
+        try:
+            if step["op"] == "fork":
+                return self._fork(proc, step, labels), None
+            if step["op"] == "loop":
+                return self._loop(proc, step, labels, kill_at)
+            return getattr(self, "op_" + step["op"])(proc, step), None
+        finally:
+            self.current = outer
+
+    def _warn_site(self, key: str, verdict: str = MUST_NOT) -> None:
+        """The current step reaches the WARN_ONCE ``key`` (an Ultravisor destroy call that must not fail)."""
+        function, message = WARN_SITES[key]
+        self.warn_log.append(WarnSite(self.current, function, message, verdict))
 
     def _record(self, step: Dict[str, Any], result: Result, labels: Dict[str, Any],
                 optional: bool = False) -> Dict[str, Any]:
         record: Dict[str, Any] = {"name": step["name"], "op": step["op"], "ret": result.ret, "errno": result.errno}
-        for key in ("rc", "rrc", "data", "error", "sim"):
+        for key in ("rc", "rrc", "data", "error", "sim", "pin"):
             value = getattr(result, key)
             if value is not None:
                 record[key] = value
@@ -361,21 +365,57 @@ class _Run:
     def _killed_step(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any]) -> None:
         """SIGKILL lands in ``step``: its record may or may not appear; effects as the kernel defines them."""
         self.started.add(step["name"])
-        if step["op"] == "pv" and int(step["cmd"]) == uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM:
-            probe = _Run(self.caps, self.order)
-            completed = probe.op_pv(_clone_proc(proc), step)
-            self._record(step, completed, labels, optional=True)
-            vm = self._vm(proc, step["vm"])
-            if vm is not None and vm.set_aside is not None and self._async_enabled():
-                self.events.append(f"fatal signal in PERFORM: {vm.set_aside} queued on need_cleanup")
-                vm.need_cleanup.append(vm.set_aside)
-                vm.set_aside = None
-            return
-        if step["op"] == "loop":
-            self._record(step, Result(ret=ANY, errno=ANY, data=ANY), labels, optional=True)
-            return
-        result = getattr(self, "op_" + step["op"], lambda p, s: UNKNOWN)(proc, step)
-        self._record(step, result, labels, optional=True)
+        outer, self.current = self.current, step["name"]
+        try:
+            if step["op"] == "pv":
+                self._killed_pv(proc, step, labels)
+            elif step["op"] == "loop":
+                self._record(step, Result(ret=ANY, errno=ANY, data=ANY), labels, optional=True)
+            else:
+                result = getattr(self, "op_" + step["op"], lambda p, s: UNKNOWN)(proc, step)
+                self._record(step, result, labels, optional=True)
+        finally:
+            self.current = outer
+
+    def _killed_pv(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any]) -> None:
+        """A PV command cut short by SIGKILL: what the kernel copied back stays observable.
+
+        The step's own record appears only if the ioctl returned to userspace before the kill (then it is
+        the completed result).  The agent keeps the ``struct kvm_pv_cmd`` of the ``kill_at`` step in memory
+        shared with the fork's parent, which reads it once the child is gone (``kill_pv`` in the fork's
+        record): the kernel's copy-back happens before the dying task returns to userspace.  PERFORM cut
+        short by the fatal signal (``kvm_s390_pv_deinit_aside_vm``) returns 0 with rc=1 rrc=42 and queues
+        the set-aside VM on ``need_cleanup``, where ``kvm_arch_destroy_vm`` finishes it.
+        """
+        name = step["name"]
+        rc_in, rrc_in = int(step["rc"]), int(step["rrc"])
+        vm = self._vm(proc, step["vm"])
+        perform = int(step["cmd"]) == uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM
+        interruptible = perform and vm is not None and vm.set_aside is not None and bool(self._async_enabled())
+        if interruptible:
+            completed = _Run(self.caps, self.order).op_pv(_clone_proc(proc), step)
+        else:
+            completed = self.op_pv(proc, step)
+        self._record(step, completed, labels, optional=True)
+        alternatives: List[Dict[str, Any]] = [{"step": name, "entered": False},
+                                              {"step": name, "entered": True, "rc": rc_in, "rrc": rrc_in}]
+        if completed.rc is not None:
+            alternatives.append({"step": name, "entered": True, "rc": completed.rc, "rrc": completed.rrc})
+        sim = {"step": name, "entered": True, "returned": False,
+               "rc": rc_in if completed.rc in (None, ANY) else completed.rc,
+               "rrc": rrc_in if completed.rrc in (None, ANY) else completed.rrc}
+        if interruptible:
+            assert vm is not None and vm.set_aside is not None
+            interrupted = {"step": name, "entered": True, "returned": False,
+                           "rc": uapi.UVC_RC_EXECUTED, "rrc": uapi.SET_ASIDE_RRC}
+            alternatives.append(interrupted)
+            sim = dict(interrupted)
+            self.events.append(f"fatal signal in PERFORM: {vm.set_aside} queued on need_cleanup, "
+                               "PERFORM returns 0 with rc=1 rrc=42")
+            vm.need_cleanup.append(vm.set_aside)
+            vm.set_aside = None
+        unique = list({repr(a): a for a in alternatives}.values())
+        self.kill_pv = (OneOf(*unique), sim)
 
     # helpers
     @property
@@ -415,12 +455,21 @@ class _Run:
             elif kind == "vm":
                 obj.fd_open = False
         for vm in proc.vms:
-            self._maybe_destroy(vm)
+            self._maybe_destroy(vm, by_exit=True)
 
-    def _maybe_destroy(self, vm: Vm) -> None:
+    def _maybe_destroy(self, vm: Vm, by_exit: bool = False) -> None:
+        """``kvm_arch_destroy_vm`` once the last fd is gone; on process exit the mm goes first.
+
+        At exit the PV mmu notifier (``kvm_s390_pv_mmu_notifier_release``) destroys the vCPUs and, with
+        destroy-fast, the current configuration; ``kvm_s390_pv_deinit_cleanup_all`` does the rest.
+        """
         if vm.destroyed or vm.fd_open or any(v.fd_open for v in vm.vcpus.values()):
             return
         vm.destroyed = True
+        self._destroy_cpus(vm)
+        if vm.protected:
+            self._warn_site("fast" if by_exit and self.caps.destroy_fast is not False else "vm")
+        self._leftover_sites(([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup)
         configs = ([vm.config()] if vm.protected else []) + ([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup
         self.events.append(f"kvm_arch_destroy_vm({vm.label}): destroys vCPUs, then "
                            + (", ".join(configs) if configs else "no protected configuration"))
@@ -428,16 +477,33 @@ class _Run:
         vm.set_aside = None
         vm.need_cleanup = []
 
+    def _destroy_cpus(self, vm: Vm) -> None:
+        """``kvm_s390_cpus_from_pv`` / vCPU teardown: destroys every protected vCPU."""
+        if any(v.protected for v in vm.vcpus.values()):
+            self._warn_site("cpu")
+        for vcpu in vm.vcpus.values():
+            vcpu.protected = False
+
+    def _leftover_sites(self, leftovers: List[str]) -> None:
+        """``kvm_s390_pv_dispose_one_leftover`` calls the Ultravisor only for a VM not destroyed fast."""
+        if leftovers and self.caps.destroy_fast is not True:
+            self._warn_site("leftover")
+
     def _fork(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any]) -> Result:
         child = Proc(step["as"])
         child_labels = dict(labels, proc=step["as"])
+        outer_kill, self.kill_pv = self.kill_pv, None
         killed = self._run_process(child, step["steps"], child_labels, step.get("kill_at"))
         self._exit_process(child)
+        kill_pv, self.kill_pv = self.kill_pv, outer_kill
         if step.get("kill_at") is not None:
             if killed is None:
                 return ok(data={"killed": ANY, "kill_missed": ANY}, sim={"killed": False, "exit_status": 0})
-            return ok(data={"killed": True, "signal": 9, "killed_in": ANY},
-                      sim={"killed": True, "signal": 9, "killed_in": killed})
+            data: Dict[str, Any] = {"killed": True, "signal": 9, "killed_in": ANY}
+            sim: Dict[str, Any] = {"killed": True, "signal": 9, "killed_in": killed}
+            if kill_pv is not None:
+                data["kill_pv"], sim["kill_pv"] = kill_pv
+            return ok(data=data, sim=sim)
         return ok(data={"killed": False, "exit_status": 0}, sim={"killed": False, "exit_status": 0})
 
     def _loop(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any],
@@ -702,7 +768,40 @@ class _Run:
             return UNKNOWN
         if not vm.protected:
             return unchanged("EINVAL")  # SET_SEC_PARMS..DUMP all need a protected VM
+        if cmd == uapi.PvCmd.KVM_PV_SET_SEC_PARMS and int(step["data"]) == 0:
+            return unchanged("EFAULT")  # copy_from_user of the parameters from address 0
         return UNKNOWN
+
+    def op_pv_protected(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        """SET_SEC_PARMS with ``data = 0``: EINVAL on a VM that is not protected, EFAULT on one that is.
+
+        ``kvm_s390_handle_pv`` checks ``kvm_s390_pv_is_protected`` first, then copies the parameters from
+        the NULL pointer; neither path calls the Ultravisor, so rc/rrc come back as passed.
+        """
+        probe = dict(step, cmd=int(uapi.PvCmd.KVM_PV_SET_SEC_PARMS), flags=0, data=0)
+        result = self.op_pv(proc, probe)
+        if result is UNKNOWN or result.error is not None:
+            return result
+        protected = {"EFAULT": True, "EINVAL": False}.get(result.errno)
+        return Result(ret=result.ret, errno=result.errno, rc=result.rc, rrc=result.rrc,
+                      data={"protected": protected})
+
+    def op_kernel_log(self, proc: Proc, step: Dict[str, Any]) -> Result:
+        """A mark in the kernel log, or the WARNs printed since a mark: none the model says must not fire."""
+        since = step.get("since")
+        if since is None:
+            self.marks[step["name"]] = len(self.warn_log)
+            return ok(0, data=ANY, sim={"seq": 0})
+        if since not in self.marks:
+            return Result(ret=None, errno=None, error=ANY)
+        reached = self.warn_log[self.marks[since]:]
+        counts: Dict[str, Any] = {}
+        for message in step["match"]:
+            may = any(site.message == message and site.verdict == MAY for site in reached)
+            counts[message] = ANY if may else 0
+        sim = {"counts": {m: 0 for m in step["match"]}, "lines": [], "earlier": {m: 0 for m in step["match"]},
+               "source": "model"}
+        return ok(0, data={"counts": counts}, sim=sim)
 
     def _known_pv_cmd(self, cmd: int) -> Optional[bool]:
         if cmd in (uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PREPARE, uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM):
@@ -715,7 +814,9 @@ class _Run:
         if vm.protected:
             return unchanged("EINVAL")
         if not vm.memslots:
-            # Create Secure Configuration with a zero guest length: the Ultravisor refuses, rc/rrc are its own.
+            # Create Secure Configuration with a zero guest length: the Ultravisor refuses, rc/rrc are its own;
+            # if its rc asks for a destroy, kvm_s390_pv_init_vm calls kvm_s390_pv_deinit_vm.
+            self._warn_site("vm", MAY)
             return fail("EIO", rc=ANY, rrc=ANY)
         vm.protected = True
         vm.generation += 1
@@ -727,10 +828,11 @@ class _Run:
     def _pv_disable(self, vm: Vm, unchanged: Any) -> Result:
         if not vm.protected:
             return unchanged("EINVAL")
-        destroyed = [vm.config()] + ([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup
-        self.events.append("DISABLE: destroys " + ", ".join(destroyed))
-        for vcpu in vm.vcpus.values():
-            vcpu.protected = False
+        leftovers = ([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup
+        self.events.append("DISABLE: destroys " + ", ".join([vm.config()] + leftovers))
+        self._destroy_cpus(vm)
+        self._warn_site("vm")
+        self._leftover_sites(leftovers)
         vm.protected = False
         vm.set_aside = None
         vm.need_cleanup = []
@@ -742,14 +844,17 @@ class _Run:
             return UNKNOWN
         if not vm.protected or not enabled:
             return unchanged("EINVAL")
-        for vcpu in vm.vcpus.values():  # kvm_s390_cpus_from_pv runs before the set-aside checks
-            vcpu.protected = False
+        self._destroy_cpus(vm)  # kvm_s390_cpus_from_pv runs before the set-aside checks
         if vm.set_aside is not None:
             self.events.append(f"PREPARE refused: {vm.set_aside} is still set aside")
             return unchanged("EINVAL")
         if vm.mem_limit is not None and vm.mem_limit <= TWO_GIB:
             self.events.append(f"PREPARE refused: memory limit {vm.mem_limit} <= 2 GiB (segment-table ASCE)")
-            return unchanged("EINVAL")
+            refused = unchanged("EINVAL")
+            refused.pin = dict(SMALL_VM_PIN)
+            return refused
+        if self.caps.destroy_fast is not False:
+            self._warn_site("fast")  # kvm_s390_pv_deinit_vm_fast in kvm_s390_pv_set_aside
         vm.set_aside = vm.config()
         vm.protected = False
         self.events.append(f"PREPARE: {vm.set_aside} set aside, lower 2 GiB destroyed")
@@ -764,6 +869,7 @@ class _Run:
         if vm.set_aside is None:
             return unchanged("EINVAL")
         self.events.append(f"PERFORM: {vm.set_aside} destroyed")
+        self._leftover_sites([vm.set_aside])
         vm.set_aside = None
         fast = self.caps.destroy_fast
         if fast is None:

@@ -16,8 +16,11 @@ from ..targets.base import Target
 from . import bundle
 from .caps import Capabilities
 from .compare import Comparison, compare
-from .model import Model
+from .fixes import lacks_fix_message, pinned_scenario_message
+from .fixes import fix as fix_entry
+from .model import Model, WarnSite
 from .scenarios import Scenario
+from .warns import MUST_NOT
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +154,47 @@ class ScenarioResult:
     splats: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     model_result: bool = False
+    warn_sites: List[WarnSite] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.comparison.ok and not self.splats
 
+    def fix_lines(self) -> List[str]:
+        """What a failure means for the upstream fix the scenario (or one of its steps) pins."""
+        release = self.caps.kernel_release
+        lines = []
+        for pinned in self.comparison.pinned:
+            symptom = pinned.symptom if pinned.succeeded else (
+                f"{pinned.step} deviates from the behaviour the fix sets (observed {pinned.observed})")
+            lines.append(lacks_fix_message(pinned.fix, release, symptom))
+        if not lines and self.scenario.fix and not self.ok:
+            lines.append(pinned_scenario_message(self.scenario.fix, release))
+        return lines
+
+    def warn_check(self) -> Optional[str]:
+        """One line on the explicit protvirt WARN check: what the model allows, what the kernel log held."""
+        checks = [r for r in self.run.records if r.get("op") == "kernel_log" and isinstance(r.get("data"), dict)
+                  and "counts" in r["data"]]
+        if not checks:
+            return None
+        seen = {message: n for r in checks for message, n in r["data"]["counts"].items() if n}
+        must_not = list(dict.fromkeys(f"{s.function} at {s.step}" for s in self.warn_sites
+                                      if s.verdict == MUST_NOT))
+        sites = ", ".join(must_not) if must_not else "no WARN site reached"
+        found = ", ".join(f"{m!r} x{n}" for m, n in sorted(seen.items())) if seen else "none"
+        source = "model result" if self.model_result else "kernel log"
+        return f"protvirt destroy WARNs ({source}): found {found}; must not fire at: {sites}"
+
     def report(self) -> str:
         label = " (reference model, not a kernel)" if self.model_result else ""
         lines = [f"scenario {self.scenario.name} on {self.target}{label}: {self.caps.summary()}"]
+        lines.extend(self.fix_lines())
+        if self.scenario.fix and self.ok:
+            lines.append(f"pins {fix_entry(self.scenario.fix).describe()}")
+        warn = self.warn_check()
+        if warn is not None:
+            lines.append(warn)
         if self.comparison.alternatives > 1:
             lines.append(f"model allows {self.comparison.alternatives} outcomes (thread orders); closest shown")
         lines.append(self.comparison.table())
@@ -204,7 +240,8 @@ def run_scenario(target: Target, scenario: Scenario, caps: Capabilities, *,
             log.warning("no kernel log cursor on %s: %s", target.spec, err)
     run = run_agent(target, scenario.document(), timeout=scenario.timeout_s + 60)
     comparison = compare(alternatives, run.records)
-    result = ScenarioResult(scenario, target.spec, caps, run, comparison, model_result=model_target)
+    result = ScenarioResult(scenario, target.spec, caps, run, comparison, model_result=model_target,
+                            warn_sites=model.warn_sites(steps))
     if cursor is not None:
         try:
             result.kernel_log = target.dmesg_since(cursor)

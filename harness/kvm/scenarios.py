@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import uapi
 from .agent import SENTINEL_RC, SENTINEL_RRC, normalise_steps
+from .warns import PROTVIRT_WARNS
 
 GIB = 1 << 30
 Step = Dict[str, Any]
@@ -43,6 +44,20 @@ def vcpu(vcpu_id: int, name: Optional[str] = None, **kw: Any) -> Step:
 def pv(cmd: str, name: str, **kw: Any) -> Step:
     """A KVM_S390_PV_COMMAND with sentinel rc/rrc (0xdead/0xbeef) unless given."""
     return {"op": "pv", "cmd": int(uapi.pv_cmd(cmd)), "name": name, **kw}
+
+
+def is_protected(name: str, vm: str = "vm") -> Step:
+    """Probe without side effects: SET_SEC_PARMS with data 0 (EFAULT: protected, EINVAL: not)."""
+    return {"op": "pv_protected", "name": name, "vm": vm}
+
+
+def kernel_log_mark(name: str = "kernel_log_start") -> Step:
+    return {"op": "kernel_log", "name": name}
+
+
+def no_protvirt_warns(name: str = "no_protvirt_warns", since: str = "kernel_log_start") -> Step:
+    """The ``protvirt destroy … failed`` WARNs printed since a mark: the model states which may fire."""
+    return {"op": "kernel_log", "name": name, "since": since, "match": list(PROTVIRT_WARNS)}
 
 
 def close(handle: str, name: Optional[str] = None) -> Step:
@@ -154,8 +169,21 @@ def _kill_notes(fork_names: List[str], intended: str) -> NoteFn:
                 if where is not None and not str(where).endswith(intended):
                     out.append(f"{record['name']}: SIGKILL landed in {where!r}, not in {intended!r}: "
                                "the interrupted path was not exercised this time")
+                out.extend(_interrupted_note(record["name"], record["data"].get("kill_pv")))
         return out
     return notes
+
+
+def _interrupted_note(fork_name: str, kill_pv: Any) -> List[str]:
+    """Say whether the kernel took PERFORM's fatal-signal path (0, rc=1 rrc=42 copied back)."""
+    if not isinstance(kill_pv, dict) or not kill_pv.get("entered"):
+        return []
+    if kill_pv.get("rc") == uapi.UVC_RC_EXECUTED and kill_pv.get("rrc") == uapi.SET_ASIDE_RRC \
+            and not kill_pv.get("returned"):
+        return [f"{fork_name}: {kill_pv['step']} was cut short by SIGKILL and reported rc=1 rrc=42 "
+                "(the interrupted path; the VM went to need_cleanup)"]
+    return [f"{fork_name}: {kill_pv['step']} was not interrupted inside the kernel "
+            f"(rc={kill_pv.get('rc')} rrc={kill_pv.get('rrc')}): the interrupted path was not exercised this time"]
 
 
 # --- PV scenarios (s390x, protected virtualization) ------------------------------------------------------
@@ -168,10 +196,13 @@ PV_SCENARIOS = [
         "async",
         tuple(pv_guest() + [
             pv("ENABLE", "enable"),
+            is_protected("protected_after_enable"),
             pv(_PREPARE, "prepare"),
-            pv("DISABLE", "disable_unprotected"),
+            is_protected("unprotected_after_prepare"),
             pv(_PERFORM, "perform"),
+            is_protected("unprotected_after_perform"),
             pv("ENABLE", "enable_again"),
+            is_protected("protected_again"),
             pv("DISABLE", "disable"),
             *vcpu_closes(), close("vm"),
         ])),
@@ -181,11 +212,13 @@ PV_SCENARIOS = [
         tuple(pv_guest() + [
             pv("ENABLE", "enable"),
             pv(_PREPARE, "prepare"),
+            is_protected("unprotected_after_prepare"),
             pv(_PREPARE, "prepare_unprotected"),
             pv("ENABLE", "enable_again"),
             pv(_PREPARE, "prepare_second"),
-            pv("ENABLE", "enable_still_protected"),
+            is_protected("still_protected"),
             pv("DISABLE", "disable_all"),
+            is_protected("unprotected_after_disable"),
             pv(_PERFORM, "perform_after_disable"),
             *vcpu_closes(), close("vm"),
         ])),
@@ -209,6 +242,7 @@ PV_SCENARIOS = [
         tuple(pv_guest() + [
             pv("ENABLE", "enable"),
             pv(_PREPARE, "prepare"),
+            is_protected("unprotected_after_prepare"),
             pv("DISABLE", "disable"),
             pv(_PERFORM, "perform"),
             *vcpu_closes(), close("vm"),
@@ -219,8 +253,9 @@ PV_SCENARIOS = [
         tuple(pv_guest(limit=2 * GIB) + [
             pv("ENABLE", "enable"),
             pv(_PREPARE, "prepare"),
-            pv("ENABLE", "enable_still_protected"),
+            is_protected("still_protected"),
             pv("DISABLE", "disable"),
+            is_protected("unprotected_after_disable"),
             pv("ENABLE", "enable_again"),
             pv("DISABLE", "disable_again"),
             *vcpu_closes(), close("vm"),
@@ -232,6 +267,7 @@ PV_SCENARIOS = [
         tuple(pv_guest(limit=2 * GIB + (1 << 20)) + [
             pv("ENABLE", "enable"),
             pv(_PREPARE, "prepare"),
+            is_protected("unprotected_after_prepare"),
             pv(_PERFORM, "perform"),
             *vcpu_closes(), close("vm"),
         ]),
@@ -267,7 +303,7 @@ PV_SCENARIOS = [
         "pv_fatal_signal_in_perform",
         "SIGKILL during PERFORM of a large guest: host recovers (no WARN, memory back, next VM works)",
         "async",
-        tuple([meminfo("mem_before")] + [
+        tuple([kernel_log_mark(), meminfo("mem_before")] + [
             fork("victim", prefixed("v_", pv_guest(size_mb=4096, touch_mb=1024) + [
                 pv("ENABLE", "enable"),
                 pv(_PREPARE, "prepare"),
@@ -278,13 +314,13 @@ PV_SCENARIOS = [
         ] + prefixed("next_", pv_guest() + [
             pv("ENABLE", "enable"), pv(_PREPARE, "prepare"), pv(_PERFORM, "perform"),
             *vcpu_closes(), close("vm"),
-        ])),
+        ]) + [no_protvirt_warns()]),
         notes=_kill_notes(["victim"], "perform")),
     Scenario(
         "pv_destroy_vm_with_set_aside",
         "final teardown (kvm_arch_destroy_vm) with a set-aside VM never performed: by close and by process exit",
         "async",
-        tuple([meminfo("mem_before")] + pv_guest(size_mb=1024, touch_mb=1024) + [
+        tuple([kernel_log_mark(), meminfo("mem_before")] + pv_guest(size_mb=1024, touch_mb=1024) + [
             pv("ENABLE", "enable"),
             pv(_PREPARE, "prepare"),
             *vcpu_closes(), close("vm"),
@@ -292,6 +328,7 @@ PV_SCENARIOS = [
                 pv("ENABLE", "enable"), pv(_PREPARE, "prepare"), pv("ENABLE", "enable_2"),
             ])),
             mem_settle("mem_before", "mem_returned"),
+            no_protvirt_warns(),
         ])),
     Scenario(
         "pv_flags_nonzero", "flags != 0: EINVAL before any command runs, rc/rrc unchanged",

@@ -1,12 +1,114 @@
-"""The end-of-run summary: counts per outcome, splats, slowest tests, where the artifacts are."""
+"""The end-of-run summary: one line saying what ran, counts per outcome, splats, slowest tests, artifacts.
+
+The first line is the verdict a maintainer can quote: on the model target that the results are model
+results (no kernel ran); on a target where nothing ran, why and what to do instead.  It also goes into
+the JUnit file as the testsuite property ``summary``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "flaky")
+RAN = ("passed", "failed", "error", "xfailed", "xpassed", "flaky")
+DISAGREE = ("failed", "error", "xpassed")
+
+CAPS_KEY: "pytest.StashKey[Any]" = pytest.StashKey()
+"""The target's probed ``harness.kvm.caps.Capabilities``, stashed by the shipped suites."""
+
+PV_HOST_STEP = "run on an IBM z15+ LPAR with prot_virt=1 (--target ssh://…)"
+
+
+def counts_of(stats: Dict[str, List[Any]]) -> Dict[str, int]:
+    """Tests per outcome (a skip or an error in setup counts as the test's outcome)."""
+    return {name: len([r for r in stats.get(name, []) if getattr(r, "when", "call") in ("call", "setup")])
+            for name in OUTCOMES}
+
+
+def skip_reasons(stats: Dict[str, List[Any]]) -> List[str]:
+    """The reason of every skipped test, as pytest recorded it."""
+    reasons = []
+    for report in stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+        reasons.append(text[len("Skipped: "):] if text.startswith("Skipped: ") else text)
+    return reasons
+
+
+def _no_kvm(caps: Any) -> tuple:
+    """(reason, next step) for a target without /dev/kvm."""
+    if caps.arch == "s390x":
+        if caps.has_sie:
+            return ("no /dev/kvm on this target although the CPU has SIE",
+                    "load the kvm module on the target (modprobe kvm) and run again")
+        return ("no /dev/kvm on this target (QEMU TCG has no SIE)",
+                f"{PV_HOST_STEP} or use --target local for the generic scenarios on this machine")
+    return (f"no /dev/kvm on this target ({caps.arch or 'unknown arch'})",
+            "load kvm or enable virtualization on the target; the PV scenarios need an IBM z15+ LPAR "
+            "with prot_virt=1 (--target ssh://…)")
+
+
+def nothing_ran(total: int, caps: Any, reasons: List[str]) -> str:
+    """``0 of N ran: <why>; <what to do>``."""
+    if caps is not None and not caps.has_kvm:
+        why, step = _no_kvm(caps)
+    else:
+        common = Counter(r for r in reasons if r).most_common(1)
+        why = common[0][0] if common else "every test was skipped"
+        step = "see each skip reason with -rs"
+    return f"0 of {total} ran: {why}; {step}"
+
+
+def model_line(counts: Dict[str, int], reasons: List[str]) -> str:
+    """``17 model results agree with the spec; no kernel ran``."""
+    ran = sum(counts[o] for o in RAN)
+    bad = sum(counts[o] for o in DISAGREE)
+    if bad:
+        line = f"{ran - bad} of {ran} model results agree with the spec, {bad} disagree; no kernel ran"
+    else:
+        line = f"{ran} model results agree with the spec; no kernel ran"
+    if counts["skipped"]:
+        common = Counter(r for r in reasons if r).most_common(1)
+        line += f" ({counts['skipped']} skipped" + (f": {common[0][0]})" if common else ")")
+    return line
+
+
+def headline(config: pytest.Config, stats: Dict[str, List[Any]]) -> Optional[str]:
+    """The one-line verdict, or None when a plain count says it all."""
+    counts = counts_of(stats)
+    total = sum(counts.values())
+    if is_model_run(config):
+        return model_line(counts, skip_reasons(stats))
+    if total and not any(counts[o] for o in RAN):
+        return nothing_ran(total, config.stash.get(CAPS_KEY, None), skip_reasons(stats))
+    return None
+
+
+def is_model_run(config: pytest.Config) -> bool:
+    holder = getattr(config, "_kvm_holder", None)
+    target = getattr(holder, "target", None)
+    if target is not None:
+        return getattr(target, "kind", "") == "model"
+    try:
+        return config.getoption("--kvm-target") == "model"
+    except ValueError:
+        return False
+
+
+def record_headline(session: pytest.Session) -> None:
+    """Put the headline into the JUnit file (testsuite property ``summary``) before it is written."""
+    from _pytest.junitxml import xml_key
+
+    xml = session.config.stash.get(xml_key, None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if xml is None or reporter is None:
+        return
+    line = headline(session.config, reporter.stats)
+    if line is not None:
+        xml.add_global_property("summary", line)
 
 
 def write_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -17,9 +119,14 @@ def write_summary(terminalreporter: Any, config: pytest.Config) -> None:
     stats = terminalreporter.stats
     tr = terminalreporter
     tr.section("kvm-harness summary")
-    counts = {name: len([r for r in stats.get(name, []) if getattr(r, "when", "call") in ("call", "setup")])
-              for name in OUTCOMES}
-    tr.write_line("  ".join(f"{name}: {counts[name]}" for name in OUTCOMES))
+    line = headline(config, stats)
+    if line is not None:
+        tr.write_line(line, bold=True)
+    counts = counts_of(stats)
+    if is_model_run(config):
+        tr.write_line("model results: " + "  ".join(f"{name}: {counts[name]}" for name in OUTCOMES))
+    else:
+        tr.write_line("  ".join(f"{name}: {counts[name]}" for name in OUTCOMES))
     target = config.getoption("--kvm-target")
     tr.write_line(f"target: {target}")
     if holder.error is not None:

@@ -4,12 +4,15 @@ Follows Documentation/dev-tools/ktap.rst and the kselftest conventions (kselftes
 kselftest_harness.h, run_kselftest.sh):
 
 * version lines ``KTAP version 1`` / ``TAP version 13|14``, plans ``1..N`` (missing, or late at
-  the end), ``1..0 # SKIP reason``, ``Bail out!``;
+  the end), ``1..0 # SKIP reason``, ``Bail out!``; a plain ``1..0`` means no test ran (an error,
+  as kunit_tool reports "0 tests run!"), and so does a ``# Subtest:`` with no children;
 * results ``ok N name # DIRECTIVE reason`` with SKIP, TODO, XFAIL, XPASS, TIMEOUT, ERROR
   (case-insensitive);
 * nesting by indentation (KTAP/KUnit) or by a ``# `` prefix (kselftest runner output);
 * diagnostics ``# ...`` and unknown lines, kept with the test they precede (or follow, for a
-  failing test); printk ``[   12.345678] `` / ``[    T1]`` and syslog ``<6>`` prefixes stripped;
+  failing test), or with the suite when printed before its plan; an indented ``# Subtest: name``
+  (and what follows it) before the nested plan names the nested suite; printk
+  ``[   12.345678] `` / ``[    T1]`` and syslog ``<6>`` prefixes stripped;
 * output cut off by a crash or a timeout: every test the plan promised but nobody reported
   becomes a ``missing`` result (outcome ``crashed`` by default), never silently dropped.
 
@@ -33,6 +36,8 @@ KSFT_FAIL = 1
 KSFT_XFAIL = 2
 KSFT_XPASS = 3
 KSFT_SKIP = 4
+
+NO_TESTS_RAN = "no tests ran: the plan is 1..0 without # SKIP (0 tests run)"
 
 TAIL_LINES = 10
 """How many last output lines a timeout or an unexplained failure quotes."""
@@ -78,6 +83,9 @@ class TestResult:
     """The raw lines of this test's block (printk prefixes stripped)."""
     missing: bool = False
     """True when the plan promised this test but no result line was ever printed."""
+    no_tests: bool = False
+    """A suite that reported a result without running any test: an error of its own that does not
+    change its parent's outcome (kunit_tool's "0 tests run!")."""
 
     def walk(self) -> Iterator["TestResult"]:
         """This result and every subtest below it, depth first."""
@@ -123,6 +131,10 @@ _HARNESS_START_RE = re.compile(r"^#\s*Starting \d+ tests from \d+ test cases\.")
 _RUN_RE = re.compile(r"^#\s+RUN\s+(\S+)\s*\.\.\.\s*$")
 _HARNESS_SKIP_RE = re.compile(r"^#\s+SKIP\s+(.*?)\s*$")
 _HARNESS_MARK_RE = re.compile(r"^\s*(?:OK|FAIL)\s+\S+\s*$")
+
+_KUNIT_FAILED_RE = re.compile(r"(?:EXPECTATION|ASSERTION) FAILED at \S+")
+KUNIT_MESSAGE_LINES = 20
+"""How many lines of a KUnit expectation failure the message keeps."""
 
 _ASSERT_MARK = "==== Test Assertion Failure ===="
 _HARNESS_TIMEOUT = "Test terminated by timeout"
@@ -191,7 +203,7 @@ def _line_outcome(ok: bool, directive: str) -> tuple[Outcome, str, bool]:
 
 def _failure_hint(diagnostics: list[str]) -> str:
     """A short failure message from a failing test's diagnostics."""
-    block = _assertion_lines(diagnostics)
+    block = _assertion_lines(diagnostics) or _kunit_failure_lines(diagnostics)
     if block:
         return "\n".join(block)
     useful = [
@@ -199,6 +211,15 @@ def _failure_hint(diagnostics: list[str]) -> str:
         if d.strip() and not _RUN_RE.match("# " + d) and not _HARNESS_MARK_RE.match(d)
     ]
     return "\n".join(useful[-3:])
+
+
+def _kunit_failure_lines(lines: list[str]) -> list[str]:
+    """KUnit's ``name: EXPECTATION FAILED at file:line`` and the explanation after it (``Expected …``)."""
+    for i, line in enumerate(lines):
+        if _KUNIT_FAILED_RE.search(line):
+            block = [text.strip() for text in lines[i:] if text.strip()]
+            return block[:KUNIT_MESSAGE_LINES]
+    return []
 
 
 def _assertion_lines(lines: list[str]) -> list[str]:
@@ -246,6 +267,10 @@ class _Frame:
     pending: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
     block_start: int = 0
+    header_name: Optional[str] = None
+    """An indented ``# Subtest: name`` seen here: the name of the nested suite about to open."""
+    header: list[str] = field(default_factory=list)
+    header_indent: int = 0
 
     @property
     def empty(self) -> bool:
@@ -303,11 +328,12 @@ class _Parser:
                 frame.plan = int(m.group(1))
                 directive = m.group(2) or ""
                 dm = _DIRECTIVE_RE.match(directive)
-                if frame.plan == 0 or (dm and dm.group(1).upper() == "SKIP"):
-                    if dm and dm.group(1).upper() == "SKIP":
-                        frame.skip_all = _clean_reason(dm.group(2))
-                    elif frame.plan == 0:
-                        frame.skip_all = _clean_reason(directive)
+                if dm and dm.group(1).upper() == "SKIP":
+                    frame.skip_all = _clean_reason(dm.group(2))
+                if not frame.results and frame.pending:
+                    # Printed before the plan (``# module: example``): the suite's, not its first test's.
+                    frame.summary.extend(p for p in frame.pending if p)
+                    frame.pending = []
             else:
                 log.debug("second plan line ignored: %r", rest)
                 frame.pending.append(rest)
@@ -357,7 +383,12 @@ class _Parser:
         return self._tap_line(idx, len(self.stack) - 1, rest)
 
     def _push(self, idx: int, prefix: str, version: Optional[str] = None) -> None:
+        parent = self.stack[-1]
         frame = _Frame(prefix=prefix, start=idx, version=version, block_start=idx)
+        if parent.header_name is not None:
+            frame.name = parent.header_name
+            frame.summary.extend(parent.header)
+            parent.header_name, parent.header = None, []
         self.stack.append(frame)
 
     def _pop_to(self, depth: int, idx: int, why: str) -> None:
@@ -402,10 +433,19 @@ class _Parser:
             reason = frame.harness_skip
         subtests: list[TestResult] = []
         diagnostics = list(frame.pending)
+        suite = children is not None or frame.header_name is not None
+        if frame.header_name is not None:  # "# Subtest:" whose nested plan never came
+            diagnostics += frame.header
+            frame.header_name, frame.header = None, []
         if children is not None:
             subtests, trailing = self._finish_frame(children, closing=outcome, closing_reason=reason)
             diagnostics += children.summary + trailing
             outcome, reason = _reconcile(outcome, reason, subtests)
+            if children.skip_all is not None and not subtests and outcome is Outcome.PASS:
+                outcome, reason = Outcome.SKIP, children.skip_all
+        no_tests = suite and not subtests and outcome is Outcome.PASS
+        if no_tests:
+            outcome, reason = Outcome.ERROR, "no tests: the suite reported ok but ran no test (0 tests run)"
         name = desc or frame.running or (children.name if children else "") or f"#{number}"
         if outcome is Outcome.FAIL and any(_HARNESS_TIMEOUT in line for line in diagnostics):
             outcome, reason = Outcome.TIMEOUT, reason or "terminated by the kselftest harness's own timeout"
@@ -426,6 +466,7 @@ class _Parser:
                 diagnostics=diagnostics,
                 subtests=subtests,
                 log=self.lines[frame.block_start: idx + 1],
+                no_tests=no_tests,
             )
         )
         frame.pending = []
@@ -440,6 +481,8 @@ class _Parser:
         if not content.strip():
             if frame.pending:
                 frame.pending.append("")
+            return
+        if self._nested_header(frame, content):
             return
         m = _TOTALS_RE.match(content)
         if m:
@@ -474,13 +517,25 @@ class _Parser:
                 frame.harness_skip = sm.group(1)
         frame.pending.append(_strip_hash(content))
 
+    @staticmethod
+    def _nested_header(frame: _Frame, content: str) -> bool:
+        """An indented ``# Subtest: name`` (and lines as deep after it): the header of a nested suite."""
+        indent = len(content) - len(content.lstrip())
+        m = _SUBTEST_RE.match(content.lstrip())
+        if indent and m:
+            frame.header_name, frame.header, frame.header_indent = m.group(1), [], indent
+        elif frame.header_name is None or indent < frame.header_indent:
+            return False
+        frame.header.append(_strip_hash(content))
+        return True
+
     # -- closing ------------------------------------------------------------------------------
     def _finish_frame(
         self, frame: _Frame, closing: Optional[Outcome], closing_reason: str = ""
     ) -> tuple[list[TestResult], list[str]]:
         """The frame's results plus its missing tests; and diagnostics left over for the parent."""
         results = list(frame.results)
-        trailing = [p for p in frame.pending if p]
+        trailing = [p for p in frame.pending + frame.header if p]
         while trailing and not trailing[-1]:
             trailing.pop()
         reported = {r.number for r in results if r.number is not None}
@@ -499,7 +554,7 @@ class _Parser:
             for i, n in enumerate(missing_numbers):
                 first = i == 0
                 res = TestResult(
-                    name=(frame.running if first and frame.running else f"#{n}"),
+                    name=(frame.running or frame.header_name or f"#{n}") if first else f"#{n}",
                     number=n,
                     outcome=outcome,
                     reason=why,
@@ -524,6 +579,8 @@ class _Parser:
             outcome, reason = Outcome.SKIP, root.skip_all
         elif root.bail is not None:
             outcome, reason = Outcome.FAIL, f"Bail out! {root.bail}".rstrip()
+        elif root.plan == 0 and not subtests:
+            outcome, reason = Outcome.ERROR, NO_TESTS_RAN
         elif root.empty:
             outcome, reason = Outcome.ERROR, "no KTAP/TAP results in the output"
         else:
@@ -556,7 +613,14 @@ class _RootFacts:
 
 
 def _aggregate(results: list[TestResult]) -> tuple[Optional[Outcome], str]:
-    """The outcome a group of results adds up to, with a reason naming the culprit."""
+    """The outcome a group of results adds up to, with a reason naming the culprit.
+
+    A suite that ran no test is an error of its own but leaves its siblings' outcome alone.
+    """
+    counted = [r for r in results if not r.no_tests]
+    if results and not counted:
+        return Outcome.ERROR, f"{results[0].name}: {results[0].reason}"
+    results = counted
     if not results:
         return None, ""
     for bad in _BAD_ORDER:
@@ -669,7 +733,7 @@ def program_result(name: str, output: str, exit_status: Optional[int], timed_out
         elif tail:
             reason += "; last output:\n" + "\n".join(tail)
     elif exit_status == KSFT_SKIP and not real_failures:
-        skip_reason = _skip_reason(facts, subtests, tail)
+        skip_reason = _skip_reason(facts, subtests, tail, exit_status)
         _relabel_missing(
             subtests,
             (Outcome.SKIP, f"not run: program skipped: {skip_reason}"),
@@ -754,7 +818,7 @@ def explain_unknown_skips(result: TestResult) -> None:
             result.reason = explained[0]
 
 
-def _skip_reason(facts: _RootFacts, subtests: list[TestResult], tail: list[str]) -> str:
+def _skip_reason(facts: _RootFacts, subtests: list[TestResult], tail: list[str], exit_status: int) -> str:
     if facts.skip_all:
         return facts.skip_all
     for sub in subtests:
@@ -762,9 +826,17 @@ def _skip_reason(facts: _RootFacts, subtests: list[TestResult], tail: list[str])
             return sub.reason
     for line in reversed(tail):
         text = _strip_hash(line)
+        plan = _PLAN_RE.match(text)
+        directive = _DIRECTIVE_RE.match(plan.group(2) or "") if plan else None
+        if directive and directive.group(1).upper() == "SKIP" and directive.group(2).strip():
+            return _clean_reason(directive.group(2))
+        if _TAP_START_RE.match(text):
+            continue  # "TAP version 14", a bare "1..0": not a reason
         if text and not _TOTALS_RE.match("# " + text) and not _PLANNED_RE.match("# " + text):
             return _clean_reason(text)
-    return "exit status 4 (KSFT_SKIP)"
+    if exit_status == KSFT_SKIP:
+        return "exit status 4 (KSFT_SKIP)"
+    return f"every test was skipped (exit status {exit_status})"
 
 
 def _all_skipped(facts: _RootFacts, subtests: list[TestResult]) -> bool:
@@ -790,8 +862,10 @@ def _exit_zero_verdict(root: TestResult, facts: _RootFacts, subtests: list[TestR
         return Outcome.FAIL, f"exit status 0, but # Totals reports fail:{totals['fail']} error:{totals['error']}"
     if facts.bail is not None:
         return Outcome.FAIL, f"Bail out! {facts.bail}".rstrip()
+    if facts.plan == 0 and facts.skip_all is None and not subtests:
+        return Outcome.ERROR, f"{NO_TESTS_RAN}; the program exited 0"
     if _all_skipped(facts, subtests):
-        return Outcome.SKIP, _skip_reason(facts, subtests, [])
+        return Outcome.SKIP, _skip_reason(facts, subtests, [], KSFT_PASS)
     if agg is Outcome.XPASS:
         return Outcome.XPASS, agg_reason
     return Outcome.PASS, ""

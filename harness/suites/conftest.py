@@ -1,4 +1,5 @@
-"""Fixtures of the shipped KVM suites: the probed capabilities, scenario running, model-result labels."""
+"""Fixtures of the shipped KVM suites: the probed capabilities, scenario running, model-result labels,
+and the run's one-line summary in the JUnit file."""
 
 from __future__ import annotations
 
@@ -11,16 +12,25 @@ from harness.kvm.caps import Capabilities
 from harness.kvm.probe import probe, pv_skip_reason
 from harness.kvm.runner import ScenarioResult, is_model, run_scenario
 from harness.kvm.scenarios import Scenario
+from harness.results.summary import CAPS_KEY, record_headline
 from harness.targets.base import Target
 
 
 @pytest.fixture(scope="session")
-def kvm_caps(kvm_target: Target) -> Capabilities:
+def kvm_caps(request: pytest.FixtureRequest, kvm_target: Target) -> Capabilities:
     """What the target offers (one agent call; the model target presents a PV-capable 6.12 host)."""
     try:
-        return probe(kvm_target)
+        caps = probe(kvm_target)
     except HarnessError as err:
         pytest.fail(f"capability probe failed on {kvm_target.spec}: {err}", pytrace=False)
+    request.config.stash[CAPS_KEY] = caps
+    return caps
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The summary line (model results, or why nothing ran) as a JUnit testsuite property."""
+    record_headline(session)
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +62,11 @@ def run_kvm_scenario(request: pytest.FixtureRequest, kvm_target: Target,
         request.node.user_properties.append(("scenario", scenario.name))
         if scenario.fix:
             request.node.user_properties.append(("pins_fix", scenario.fix))
+        for line in result.fix_lines():
+            request.node.user_properties.append(("fix_verdict", line))
+        warn = result.warn_check()
+        if warn is not None:
+            request.node.user_properties.append(("warn_check", warn))
         for note in result.notes:
             request.node.user_properties.append(("scenario_note", note))
         result.assert_ok()
