@@ -31,7 +31,7 @@ TARBALL="$BASE_CACHE/$SUITE-${INCLUDE//,/_}.tar"
 started=$SECONDS
 if [ ! -s "$TARBALL" ] || [ -n "$(find "$TARBALL" -mtime +7 2>/dev/null)" ]; then
   stage "mmdebstrap $SUITE (base tarball cached in $BASE_CACHE)"
-  mmdebstrap --quiet --variant=apt --include="$INCLUDE" "$SUITE" "$TARBALL.part"
+  mmdebstrap --quiet --format=tar --variant=apt --include="$INCLUDE" "$SUITE" "$TARBALL.part"
   mv "$TARBALL.part" "$TARBALL"
 fi
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/kvmh-fresh.XXXXXX")
