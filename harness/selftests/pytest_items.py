@@ -385,19 +385,20 @@ class SelftestItem(pytest.Item):
         if outcome == "xfailed":
             report.wasxfail = verdict.message
         self.ihook.pytest_runtest_logreport(report=report)
-        self._uncount_progress(nodeid)
+        self._uncount_progress(report)
         props = [(PROP_PROGRAM, self.program), (PROP_SUBTEST, name), (PROP_OUTCOME, sub.outcome.value),
                  (PROP_REASON, _clip(sub.reason, REASON_LIMIT))]
         teardown = TestReport(nodeid, location, keywords, "passed", None, "teardown", sections=[],
                               duration=0.0, user_properties=props, start=now, stop=now)
         self.ihook.pytest_runtest_logreport(report=teardown)
 
-    def _uncount_progress(self, nodeid: str) -> None:
+    def _uncount_progress(self, report: TestReport) -> None:
         """Keep pytest's ``[NN%]`` column at items run / items collected: a subtest is not a collected item."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         reported = getattr(reporter, "_progress_nodeids_reported", None)
         if isinstance(reported, set):
-            reported.discard(nodeid)
+            reported.discard(getattr(report, "id", report.nodeid))  # pytest 9 keys it by a structured id
+            reported.discard(report.nodeid)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, SelftestFailed):

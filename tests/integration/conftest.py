@@ -14,24 +14,25 @@ import pytest
 from harness.errors import HarnessError
 from harness.targets.qemu import QemuTarget
 from harness.targets.spec import TargetOptions
+from tests.ci import need
 
 
 def require_qemu(arch: str = "s390x") -> None:
     from harness.arch import get_arch
 
     spec = get_arch(arch)
-    if shutil.which(spec.qemu_binary) is None:
-        pytest.skip(f"{spec.qemu_binary} not installed (Debian package {spec.qemu_package})")
+    need(shutil.which(spec.qemu_binary) is not None,
+         f"{spec.qemu_binary} not installed (Debian package {spec.qemu_package})")
 
 
 def guest_image_or_skip(arch: str):
-    """Build (or take from the cache) the guest image; skip when it cannot be had (no Debian mirror)."""
+    """Build (or take from the cache) the guest image; skip when it cannot be had (no mirror), fail so in CI."""
     from guest_images import build_image
 
     try:
         return build_image(arch)
     except HarnessError as err:
-        pytest.skip(f"no {arch} guest image: {err}")
+        need(False, f"no {arch} guest image: {err}")
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +95,7 @@ def qemu_procs() -> types.SimpleNamespace:
 def harness_s390x_kernel():
     """The harness's default s390x kernel build (KEXEC, MEMORY_HOTPLUG, LKDTM, KALLSYMS); cached after the first."""
     for tool, package in (("qemu-system-s390x", "qemu-system-misc"), ("s390x-linux-gnu-gcc", "gcc-s390x-linux-gnu")):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install {package})")
+        need(shutil.which(tool) is not None, f"{tool} is not installed (apt-get install {package})")
     from harness.kernel.build import build_kernel
     from harness.kernel.source import linux_source
 

@@ -262,15 +262,11 @@ def test_config_option_impossible_for_arch(tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.delenv("KVMH_CACHE")
     else:
         monkeypatch.setenv("KVMH_CACHE", SHARED_CACHE)
-    from harness.paths import cache_subdir
+    from tests.ci import need, source_tree
 
-    trees = [d.parent / "tree" for d in cache_subdir("src").glob("linux-source-*/.kvmh-complete")]
-    trees = [t for d in trees for t in d.iterdir() if t.is_dir()]
-    if not trees:
-        pytest.skip("Debian linux-source is not in the cache yet (run 'kvmh source get')")
-    if shutil.which("s390x-linux-gnu-gcc") is None and host_arch() != "s390x":
-        pytest.skip("s390x-linux-gnu-gcc missing (Debian package gcc-s390x-linux-gnu)")
-    source = trees[0]
+    source = source_tree()
+    need(shutil.which("s390x-linux-gnu-gcc") is not None or host_arch() == "s390x",
+         "s390x-linux-gnu-gcc missing (Debian package gcc-s390x-linux-gnu)")
     frag = tmp_path / "x86.config"
     frag.write_text("CONFIG_KVM_INTEL=y\n")
     listing = sorted(p.name for p in source.iterdir())

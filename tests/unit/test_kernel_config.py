@@ -6,7 +6,6 @@ import gzip
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -22,16 +21,7 @@ from harness.kernel.config import (
     unmet_options,
     verify,
 )
-from harness.paths import cache_subdir
-
-
-def cached_linux_source() -> Optional[Path]:
-    """The Debian linux-source tree if it is already in the cache (unit tests never download it)."""
-    for done in sorted(cache_subdir("src").glob("linux-source-*/.kvmh-complete")):
-        trees = [p for p in (done.parent / "tree").iterdir() if p.is_dir()]
-        if len(trees) == 1:
-            return trees[0]
-    return None
+from tests.ci import need, source_tree
 
 
 def test_requested_options_parses_set_and_unset() -> None:
@@ -124,11 +114,9 @@ def _make_prefix(arch: str) -> list[str]:
 
 @pytest.fixture
 def kernel_source() -> Path:
-    tree = cached_linux_source()
-    if tree is None:
-        pytest.skip("Debian linux-source is not in the cache yet (run 'kvmh source get')")
-    if shutil.which("s390x-linux-gnu-gcc") is None and os.uname().machine != "s390x":
-        pytest.skip("s390x-linux-gnu-gcc missing (Debian package gcc-s390x-linux-gnu)")
+    tree = source_tree()
+    need(shutil.which("s390x-linux-gnu-gcc") is not None or os.uname().machine == "s390x",
+         "s390x-linux-gnu-gcc missing (Debian package gcc-s390x-linux-gnu)")
     return tree
 
 

@@ -8,6 +8,7 @@ the build replaced by a fixed program list and the target by one that answers fr
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -119,6 +120,9 @@ class FakeTarget(Target):
     def put(self, local, remote, mode=None):
         self.puts.append(remote)
 
+    def workdir(self):
+        return "/tmp/kvmh.Ab12Cd"  # the target's private working directory
+
     def get(self, remote, local):
         raise NotImplementedError
 
@@ -220,6 +224,8 @@ def test_every_program_and_subtest_is_reported(suite):
     assert kind == "failure" and "Expected -1 (-1) == res.ret (0)" in message
     assert _kind(_case(cases, "s390x/tprot", "#1"))[0] == "skipped"
     result.assert_outcomes(passed=4, failed=5, skipped=10)
+    columns = [int(m) for m in re.findall(r"\[ *(\d+)%\]", result.stdout.str())]
+    assert columns and max(columns) == 100, f"progress column counts subtests as items: {columns}"
 
 
 def test_properties_and_deploy(suite):
@@ -236,11 +242,11 @@ def test_properties_and_deploy(suite):
     assert suite_props["target"] == "qemu:s390x" and suite_props["accelerator"] == "tcg"
     assert suite_props["selftest_build_key"] == "fakekey"
     record = json.loads((suite.path / "commands.json").read_text())
-    assert sorted(record["puts"]) == ["/tmp/kvmh-selftests/fakekey/s390x/memop",
-                                      "/tmp/kvmh-selftests/fakekey/x86_64/cpuid_test"]
+    assert sorted(record["puts"]) == ["/tmp/kvmh.Ab12Cd/selftests/fakekey/s390x/memop",
+                                      "/tmp/kvmh.Ab12Cd/selftests/fakekey/x86_64/cpuid_test"]
     ran = [c for c, _ in record["commands"] if "exec" in c]
-    assert ran == ["cd /tmp/kvmh-selftests/fakekey && exec ./s390x/memop 2>&1",
-                   "cd /tmp/kvmh-selftests/fakekey && exec ./x86_64/cpuid_test 2>&1"]
+    assert ran == ["cd /tmp/kvmh.Ab12Cd/selftests/fakekey && exec ./s390x/memop 2>&1",
+                   "cd /tmp/kvmh.Ab12Cd/selftests/fakekey && exec ./x86_64/cpuid_test 2>&1"]
 
 
 def test_keyword_selects_one_program(suite):
@@ -346,6 +352,9 @@ class _ReplayTarget(Target):
     def get(self, remote, local):
         pass
 
+    def workdir(self) -> str:
+        return "/tmp/kvmh.x"
+
     def close(self) -> None:
         pass
 
@@ -387,7 +396,7 @@ def test_runner_command_dmesg_and_budget():
     runner = sr.SelftestRunner(target, _build(), sr.RunOptions(budget_s=3.0), clock=clock)
     first = runner.run("b/c")
     assert first.outcome is Outcome.PASS
-    assert first.command.startswith("cd /tmp/kvmh-selftests/k && exec python3 -c ")
+    assert first.command.startswith("cd /tmp/kvmh.x/selftests/k && exec python3 -c ")
     assert first.command.endswith(" 120 stdbuf -oL -eL ./b/c 2>&1")
     assert first.dmesg == "kvm: some message"
     assert first.duration_s == 2.0

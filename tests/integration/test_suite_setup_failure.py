@@ -1,0 +1,80 @@
+"""A suite whose setup fails (the KVM selftest build) errors its own items; the other suites still run.
+
+The tree is a small kernel-like tree whose selftest build fails with a real compiler error from the real
+s390x cross compiler; the scenarios run on the model target, so no QEMU is needed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.ci import need
+
+pytestmark = pytest.mark.integration
+
+junitparser = pytest.importorskip("junitparser", reason="junitparser is a test extra: pip install -e .[test]")
+
+
+def _broken_tree(root: Path) -> Path:
+    tree = root / "linux"
+    kvm = tree / "tools/testing/selftests/kvm"
+    for d in ("arch/s390", "include/uapi/linux", "tools/include", kvm.relative_to(tree) / "s390x"):
+        (tree / d).mkdir(parents=True, exist_ok=True)
+    (tree / "Makefile").write_text(textwrap.dedent("""\
+        headers_install:
+        \tmkdir -p $(O)/usr/include/linux
+        \tcp include/uapi/linux/kvm.h $(O)/usr/include/linux/kvm.h
+        """))
+    (tree / "Kconfig").write_text("# kconfig\n")
+    (tree / "include/uapi/linux/kvm.h").write_text("#define KVM_CAP_S390_PROTECTED_ASYNC_DISABLE 224\n")
+    (tree / "tools/include/x.h").write_text("/* x */\n")
+    (tree / "tools/testing/selftests/lib.mk").write_text("# lib.mk\n")
+    (kvm / "settings").write_text("timeout=7\n")
+    (kvm / "s390x/memop.c").write_text("int main(void) { return 0; }\n")
+    (kvm / "kvm_create_max_vcpus.c").write_text("int main(void) { return undeclared_on_purpose; }\n")
+    (kvm / "Makefile").write_text(textwrap.dedent("""\
+        ARCH_DIR := s390x
+        TEST_GEN_PROGS_s390x = s390x/memop
+        TEST_GEN_PROGS_s390x += kvm_create_max_vcpus
+        TEST_GEN_PROGS += $(TEST_GEN_PROGS_$(ARCH_DIR))
+        TEST_GEN_PROGS := $(patsubst %,$(OUTPUT)/%,$(TEST_GEN_PROGS))
+        all: $(TEST_GEN_PROGS)
+        $(OUTPUT)/%: %.c
+        \tmkdir -p $(dir $@)
+        \t$(CC) $(KHDR_INCLUDES) -o $@ $<
+        """))
+    return tree
+
+
+def test_selftest_build_failure_keeps_the_other_suites(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need(shutil.which("s390x-linux-gnu-gcc") is not None,
+         "s390x-linux-gnu-gcc missing (Debian package gcc-s390x-linux-gnu)")
+    monkeypatch.setenv("KVMH_CACHE", str(tmp_path / "cache"))
+    tree = _broken_tree(tmp_path)
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "test", "--target", "model",
+                           "--artifacts", str(tmp_path / "artifacts"), "--",
+                           "--kvm-selftest-arch", "s390x", "--kvm-tree", str(tree), f"--junitxml={junit}"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "Interrupted" not in out and "error during collection" not in out, out[-3000:]
+    cases = [case for suite in junitparser.JUnitXml.fromfile(str(junit)) for case in suite]
+    by_name = {case.name: case for case in cases}
+    passed = [c for c in cases if c.is_passed and c.name.startswith(("test_pv_scenario", "test_lifecycle"))]
+    assert len(passed) >= 10, f"the scenario suite did not run: {sorted(by_name)}"
+    errored = {name: case for name, case in by_name.items() if name in ("s390x/memop", "kvm_create_max_vcpus")}
+    assert set(errored) == {"s390x/memop", "kvm_create_max_vcpus"}, sorted(by_name)
+    for case in errored.values():
+        (result,) = case.result
+        assert isinstance(result, junitparser.Error), f"{case.name}: {result!r}"
+        message = result.message or ""
+        assert "undeclared_on_purpose" in message and "log: " in message, message
+        log_path = Path(message.split("log: ", 1)[1].split(")", 1)[0])
+        assert log_path.is_file() and "undeclared_on_purpose" in log_path.read_text()
