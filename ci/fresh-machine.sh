@@ -92,7 +92,7 @@ echo "== clean-room check on Debian $SUITE: stage wall times"
 printf '  %-22s %6s s\n' "root (mmdebstrap/untar)" "${WALL[root]}" "setup (ci/setup.sh)" "${WALL[setup]:-?}"
 sed -n 's/^kvmh: stage \(.*\)/  \1/p' "$LOG"
 echo "== main job summary"
-sed -n '/^=* short test summary/,$p' "$LOG" | grep -v '^SKIPPED' | tail -n 8 || true
-grep -E '^(kvmh:|[0-9]+ of [0-9]+ ran)' "$LOG" | tail -n 6 || true
+sed -n '/=* kvm-harness summary =*/,/^artifacts: /p' "$LOG"
+grep -E '^=+ .*(passed|skipped|failed|error).* in [0-9.]+s' "$LOG" | tail -n 1 || true
 echo "== README's first command exited $status on a pristine Debian $SUITE root ($((SECONDS - t0)) s in all)"
 exit "$status"
