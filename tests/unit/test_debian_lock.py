@@ -184,3 +184,18 @@ def test_image_lock_command_exit_2_naming_unserved(monkeypatch: pytest.MonkeyPat
     assert status == 2
     assert any(line.startswith("not served: libc6 ") for line in lines)
     assert lines[-1].endswith("refresh the lock: kvmh image lock --arch s390x --update")
+
+
+def test_image_build_with_no_serving_mirror_is_one_line_and_exit_2(mirror: tuple[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from harness.cli import main
+
+    url, _root = mirror
+    monkeypatch.setenv("KVMH_CACHE", str(tmp_path / "cache"))
+    status = main(["image", "build", "--arch", "s390x", "--mirror", url])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("kvmh: error: ") and "is served by no mirror" in err[0] and url in err[0]
+    assert err[0].endswith("kvmh image lock --arch s390x --update")
