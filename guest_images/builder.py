@@ -18,6 +18,7 @@ from harness.errors import InfrastructureError, UsageError
 from harness.hashing import file_sha256
 from harness.locks import file_lock, try_file_lock
 from harness.paths import cache_subdir
+from harness import progress
 from harness.stages import stage
 
 from . import rootfs
@@ -207,12 +208,16 @@ def build_image(arch: str = "s390x", *, kernel: Optional[Path] = None, modules_d
         if not force and _complete(directory):
             return _load(directory)
         _remove_abandoned_builds()
-        with stage(f"image: {recipe.arch} guest"):
+        with stage(_stage_name(recipe.arch)):
             image = _build(recipe, resolution, user, key, digest, directory, mirrors)
     size = image.initrd.stat().st_size
     log.info("built guest image %s in %.1f s: initrd %.1f MiB, kernel %.1f MiB", directory.name,
              time.monotonic() - started, size / 2**20, image.kernel.stat().st_size / 2**20)
     return image
+
+
+def _stage_name(arch: str) -> str:
+    return f"image: {arch} guest"
 
 
 def _build(recipe: Recipe, resolution: Resolution, user: Optional[UserKernel], key: str, digest: str,
@@ -233,8 +238,12 @@ def _build_locked(recipe: Recipe, resolution: Resolution, user: Optional[UserKer
     root.mkdir(parents=True, mode=0o700)
     work.chmod(0o700)
     try:
+        name = _stage_name(recipe.arch)
+        progress.update(name, total=sum(p.size for p in resolution.pins), unit="B",
+                        current=f"{len(resolution.pins)} packages")
         debs = fetch_all(resolution.pins, cache_subdir(f"debs/{recipe.arch}"), mirrors,
-                         refresh_hint=refresh_command(recipe.arch))
+                         refresh_hint=refresh_command(recipe.arch), progress=lambda n: progress.update(name, advance=n))
+        progress.update(name, current="unpacking and packing the initramfs")
         rootfs.unpack_all((debs[p.package] for p in resolution.userland()), root)
         rootfs.merge_usr(root)
         if user is None:

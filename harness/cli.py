@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import __version__
 from .errors import EXIT_INFRA, EXIT_USAGE, HarnessError
@@ -63,7 +63,11 @@ def _target_pytest_args(args: argparse.Namespace) -> list[str]:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_doctor
 
-    return run_doctor(tree=args.tree)
+    def out(line: str) -> None:
+        if not (args.quiet and line.startswith("ok ")):
+            print(line)
+
+    return run_doctor(out, tree=args.tree)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -99,7 +103,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     return run_pytest(["--pyargs", "harness.suites", *_target_pytest_args(args), *extra],
-                      artifacts_root=args.artifacts, target=args.target)
+                      artifacts_root=args.artifacts, target=args.target, quiet=args.quiet)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,7 +120,7 @@ def cmd_selftests(args: argparse.Namespace) -> int:
     if extra and extra[0] == "--":
         extra = extra[1:]
     return run_pytest([*selftests_pytest_args(args), *_target_pytest_args(args), *extra],
-                      artifacts_root=args.artifacts, target=args.target)
+                      artifacts_root=args.artifacts, target=args.target, quiet=args.quiet)
 
 
 def cmd_source_get(args: argparse.Namespace) -> int:
@@ -160,7 +164,17 @@ def cmd_host(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors exit with status 3, like every other usage error of kvmh."""
+    """An argument parser whose usage errors exit with status 3, like every other usage error of kvmh.
+
+    Every command and subcommand takes ``-q/--quiet`` and ``-v/--verbose`` (before or after its name).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                          help="print only the result (the summary, or errors); the artifacts keep kvmh.log")
+        self.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                          help="show debug lines (the artifacts' kvmh.log always has them)")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -170,7 +184,6 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kvmh", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"kvmh {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("doctor", help="check this machine and name the package for each gap")
@@ -285,9 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+def _setup_output(args: argparse.Namespace) -> None:
+    """Console logging (warnings; debug with -v; errors only with -q) and the progress display."""
+    from . import progress
+
+    args.verbose = getattr(args, "verbose", 0) or 0
+    args.quiet = bool(getattr(args, "quiet", False)) and not args.verbose
+    level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.WARNING
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)  # handlers choose; the artifacts' kvmh.log takes everything
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(console)
+    progress.configure(progress.choose_mode(quiet=args.quiet))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -297,11 +321,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not hasattr(args, "pytest_args"):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.pytest_args = [*unknown, *args.pytest_args]
-    _setup_logging(args.verbose)
+    _setup_output(args)
     func: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "func", None)
     if func is None:
         if args.command is None:
+            quiet, verbose = args.quiet, args.verbose
             args = parser.parse_args(["run"])
+            args.quiet, args.verbose = quiet, verbose
             func = args.func
         else:
             parser.parse_args([args.command, "--help"])

@@ -117,6 +117,8 @@ def fetch(pinned: PinnedPackage, pool: Path, mirrors: Sequence[str], *, refresh_
     pool.mkdir(parents=True, exist_ok=True)
     dest = pool / f"{pinned.sha256[:16]}-{pinned.basename}"
     if dest.exists() and dest.stat().st_size == pinned.size:
+        if progress:
+            progress(pinned.size)
         return dest
     tried: list[str] = []
     mismatched: list[str] = []

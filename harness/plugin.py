@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
 
-from . import __version__, stages
+from . import __version__, progress, stages
 from .errors import HarnessError
 from .results.window import KernelLogWindow, can_read_kernel_log, splat_failure_message
 from .signals import install_sigterm_handler
@@ -43,6 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kvm-retry-failed", action="store_true",
                     help="retry a failed test once; a pass on retry is reported as flaky")
     group.addoption("--kvm-stage-mark", type=int, default=None, help=argparse.SUPPRESS)
+    group.addoption("--kvm-quiet", action="store_true", default=False, help=argparse.SUPPRESS)
     group.addoption("--kvm-property", action="append", default=[], metavar="NAME=VALUE",
                     help="extra JUnit testsuite property (series, base commit, ...)")
     from .selftests.pytest_items import add_options as add_selftest_options
@@ -113,11 +115,26 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "kvm_expected_splat(*kinds): the test provokes kernel splats of these kinds on purpose")
     setattr(config, SESSION_KEY, _TargetHolder(config))
     install_sigterm_handler()
+    _progress_through_capture(config)
     _junit_keeps_kernel_log(config)
     from .selftests import pytest_items
 
     if not config.pluginmanager.is_registered(pytest_items):
         config.pluginmanager.register(pytest_items, "kvm_harness_selftests")
+
+
+def _progress_through_capture(config: pytest.Config) -> None:
+    """Let the progress display write while pytest captures output (collection builds, fixture boots)."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None or progress.current() is None:
+        return
+
+    def sink(text: str) -> None:
+        with capman.global_and_fixture_disabled():
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    progress.set_sink(sink)
 
 
 def _junit_keeps_kernel_log(config: pytest.Config) -> None:
@@ -251,6 +268,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Record splats printed outside any test's window, and the session's kernel log, before JUnit is written."""
+    _stages_as_properties(session.config)
     holder = holder_of(session.config)
     if holder.session_cursor is None or holder.target is None:
         return
@@ -274,17 +292,49 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _stages_as_properties(config: pytest.Config) -> None:
+    """The stage timeline as JUnit testsuite properties ``stage:<name>`` = seconds."""
+    from _pytest.junitxml import xml_key
+
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    for record in stages.records(getattr(config, "_kvm_stage_mark", 0)):
+        xml.add_global_property(f"stage:{record.name}", f"{record.seconds:.1f}" +
+                                ("" if record.outcome == "ok" else " failed"))
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     from .results.summary import write_summary
 
-    write_summary(terminalreporter, config)
-    _write_timeline(terminalreporter, config)
+    reporter = _EchoToTerminal(terminalreporter) if config.getoption("--kvm-quiet") else terminalreporter
+    write_summary(reporter, config)
+    _write_timeline(reporter, config)
+
+
+class _EchoToTerminal:
+    """In quiet mode pytest's output goes to a file; the harness's summary also goes to the real stdout."""
+
+    def __init__(self, reporter: Any) -> None:
+        self._reporter = reporter
+        self.stats = reporter.stats
+
+    def section(self, title: str, sep: str = "=", **kwargs: Any) -> None:
+        self._reporter.section(title, sep=sep, **kwargs)
+        sys.__stdout__.write(f"{sep * 3} {title} {sep * 3}\n")
+
+    def write_line(self, line: str, **kwargs: Any) -> None:
+        self._reporter.write_line(line, **kwargs)
+        sys.__stdout__.write(line + "\n")
+        sys.__stdout__.flush()
 
 
 def _write_timeline(terminalreporter: Any, config: pytest.Config) -> None:
     """The stages this run went through (source, build, image, boot, tests) with their wall times."""
     entries = stages.records(getattr(config, "_kvm_stage_mark", 0))
-    if not entries:
+    holder = getattr(config, SESSION_KEY, None)
+    ran_a_target = holder is not None and (holder.target is not None or holder.error is not None)
+    if not entries or not (ran_a_target or config.getoption("--kvm-artifacts") is not None):
         return
     started = getattr(config, "_kvm_session_started", None)
     if started is not None:

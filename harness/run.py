@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import pytest
 
@@ -97,21 +99,67 @@ def _has_option(args: Sequence[str], name: str) -> bool:
     return any(a == name or a.startswith(name + "=") for a in args)
 
 
+@contextlib.contextmanager
+def debug_log(artifacts: Path) -> Iterator[Path]:
+    """Keep every log record of the run, debug included, in ``artifacts/kvmh.log`` whatever the console shows."""
+    path = artifacts / "kvmh.log"
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
+        yield path
+        return
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if root.level > logging.DEBUG or root.level == logging.NOTSET:
+        root.setLevel(logging.DEBUG)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+@contextlib.contextmanager
+def only_harness_plugins() -> Iterator[None]:
+    """No plugin but the harness's in the main job's pytest run (test extras such as pytest-benchmark stay out)."""
+    saved = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+        else:
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = saved
+
+
 def run_pytest(args: list[str], *, artifacts_root: Optional[Path], target: str,
-               artifacts: Optional[Path] = None) -> int:
-    """Run pytest in-process with an artifacts dir and JUnit file; map its result to kvmh's exit codes."""
+               artifacts: Optional[Path] = None, quiet: bool = False) -> int:
+    """Run pytest in-process with an artifacts dir and JUnit file; map its result to kvmh's exit codes.
+
+    Only the harness's plugin is loaded. With ``quiet`` pytest's own output goes to ``pytest-output.txt``
+    in the artifacts and the terminal shows only the harness's summary.
+    """
     install_sigterm_handler()
     if artifacts is None:
         artifacts = new_artifacts_dir(artifacts_root, target)
-    args = list(args)
+    args = ["-p", "harness.plugin", *args]
+    if quiet:
+        args.append("--kvm-quiet")
     if not _has_option(args, "--kvm-artifacts"):
         args += ["--kvm-artifacts", str(artifacts)]
     if not _has_option(args, "--junitxml") and not _has_option(args, "--junit-xml"):
         args.append(f"--junitxml={artifacts / 'junit.xml'}")
     args += ["-o", "junit_family=xunit1"]
-    log.info("pytest %s", " ".join(args))
     observer = _RunObserver()
-    status = pytest.main(args, plugins=[observer])
+    with debug_log(artifacts), only_harness_plugins():
+        log.debug("pytest %s", " ".join(args))
+        if quiet:
+            with open(artifacts / "pytest-output.txt", "w") as captured, contextlib.redirect_stdout(captured):
+                status = pytest.main(args, plugins=[observer])
+        else:
+            status = pytest.main(args, plugins=[observer])
     print(f"kvmh: artifacts in {artifacts}")
     return exit_status_for(int(status), observer.config)
 
@@ -146,6 +194,12 @@ def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace
         extra = extra[1:]
     parse_target_spec(args.target)
     artifacts = new_artifacts_dir(args.artifacts, args.target)
+    with debug_log(artifacts):
+        return _main_job_logged(args, target_args, artifacts, extra, stage_mark)
+
+
+def _main_job_logged(args: argparse.Namespace, target_args: Callable[[argparse.Namespace], list[str]],
+                     artifacts: Path, extra: list[str], stage_mark: int) -> int:
     if args.series:
         if args.kernel is not None:
             raise UsageError("--series builds its own kernel: drop --kernel, or drop --series to boot --kernel")
@@ -160,14 +214,16 @@ def main_job(args: argparse.Namespace, target_args: Callable[[argparse.Namespace
         args.kernel = build.image
         args.modules = build.modules_dir
         extra += build.pytest_properties_args()
-        print(f"kvmh: built {build.arch} kernel {build.release}: {build.image}")
+        if not getattr(args, "quiet", False):
+            print(f"kvmh: built {build.arch} kernel {build.release}: {build.image}")
     pytest_args = ["--pyargs", "harness.suites", *target_args(args)]
     if args.tree is not None:
         pytest_args += ["--kvm-tree", str(args.tree)]
     if args.junitxml is not None:
         pytest_args.append(f"--junitxml={args.junitxml}")
     pytest_args += ["-rs", "--kvm-stage-mark", str(stage_mark), *extra]
-    return run_pytest(pytest_args, artifacts_root=args.artifacts, target=args.target, artifacts=artifacts)
+    return run_pytest(pytest_args, artifacts_root=args.artifacts, target=args.target, artifacts=artifacts,
+                      quiet=getattr(args, "quiet", False))
 
 
 def _report_infra_failure(artifacts: Path, args: argparse.Namespace, stage: str, err: HarnessError) -> None:

@@ -73,6 +73,11 @@ def add_listener(listener: Callable[[str, Optional[StageRecord]], None]) -> None
     _listeners.append(listener)
 
 
+def remove_listener(listener: Callable[[str, Optional[StageRecord]], None]) -> None:
+    if listener in _listeners:
+        _listeners.remove(listener)
+
+
 def timeline_lines(entries: list[StageRecord]) -> list[str]:
     """One line per stage: ``stage <name> <seconds> s [failed]``."""
     return [f"stage {r.name:<26} {r.seconds:8.1f} s" + ("" if r.outcome == "ok" else "  FAILED")

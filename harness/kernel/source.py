@@ -16,6 +16,7 @@ from ..debian_pool import PinnedPackage, fetch, mirrors_from
 from ..errors import EXIT_INFRA, InfrastructureError, UsageError
 from ..locks import file_lock
 from ..paths import cache_subdir
+from .. import progress
 from ..stages import stage
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ def linux_source(package: str = DEFAULT_SOURCE_PACKAGE, mirrors: Sequence[str] =
             return _tree_in(dest)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=src))
         try:
-            with stage(f"source: {package} {pin.version}"):
-                _fetch_and_unpack(pin, staging, mirrors)
+            name = f"source: {package} {pin.version}"
+            with stage(name):
+                _fetch_and_unpack(pin, staging, mirrors, name)
             if dest.exists():
                 shutil.rmtree(dest)
             staging.rename(dest)
@@ -102,9 +104,12 @@ def linux_source(package: str = DEFAULT_SOURCE_PACKAGE, mirrors: Sequence[str] =
     return _tree_in(dest)
 
 
-def _fetch_and_unpack(pin: PinnedPackage, staging: Path, mirrors: Sequence[str]) -> None:
+def _fetch_and_unpack(pin: PinnedPackage, staging: Path, mirrors: Sequence[str], stage_name: str) -> None:
     """Fetch the pinned package and unpack its tarball's tree into ``staging/tree``."""
-    deb = fetch(pin, cache_subdir("debs/all"), mirrors_from(mirrors), refresh_hint=REFRESH_HINT)
+    progress.update(stage_name, total=pin.size, unit="B", current=f"downloading {pin.basename}")
+    deb = fetch(pin, cache_subdir("debs/all"), mirrors_from(mirrors), refresh_hint=REFRESH_HINT,
+                progress=lambda n: progress.update(stage_name, advance=n))
+    progress.update(stage_name, current="unpacking")
     unpack(deb, staging / "deb")
     tarballs = sorted((staging / "deb/usr/src").glob("linux-source-*.tar.*"))
     if not tarballs:
