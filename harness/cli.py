@@ -160,6 +160,18 @@ def cmd_host(args: argparse.Namespace) -> int:
     return host_main(args)
 
 
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from .workflows.bisect_cli import bisect_main
+
+    return bisect_main(args)
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    from .workflows.repro_cli import repro_main
+
+    return repro_main(args)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -279,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.set_defaults(func=cmd_splats)
 
+    from .workflows.bisect_cli import add_bisect_parser
+    from .workflows.repro_cli import add_repro_parser
+
+    add_bisect_parser(sub, _add_target_args).set_defaults(func=cmd_bisect)
+    add_repro_parser(sub, _add_target_args).set_defaults(func=cmd_repro)
+
     p = sub.add_parser("host", help="install a kernel on an ssh:// host, or undo it")
     hsub = p.add_subparsers(dest="host_command", metavar="ACTION")
     for name, helptext in (("install", "install and boot a kernel, then verify it"),
@@ -295,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             ph.add_argument("--no-reboot", action="store_true", help="remove the files but do not reboot")
         ph.set_defaults(func=cmd_host)
+
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(sub, _add_target_args, _target_options)
     return parser
 
 

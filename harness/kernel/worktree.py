@@ -10,7 +10,6 @@ the previous build keep their old modification time, so make only rebuilds what 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -20,9 +19,10 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from ..errors import UsageError
+from ..locks import file_lock
 from ..paths import cache_subdir
 from .series import EMPTY, KernelInputError, Series
 from .source import check_kernel_tree
@@ -38,6 +38,8 @@ _IDENTITY = {
 }
 
 _IMPORT_DATE = "2000-01-01T00:00:00Z"
+GIT_TIMEOUT_S = 1800.0
+"""The longest one git command may take (importing a whole kernel tree takes minutes)."""
 
 
 class ApplyError(KernelInputError):
@@ -76,12 +78,22 @@ def _run_git(args: list[str], cwd: Optional[Path] = None, input: Optional[bytes]
     env.pop("GIT_DIR", None)
     env.pop("GIT_WORK_TREE", None)
     env.pop("GIT_INDEX_FILE", None)
-    proc = subprocess.run(["git", *_GIT_CONFIG, *args], cwd=cwd, input=input, capture_output=True, env=env)
+    proc = _subprocess(["git", *_GIT_CONFIG, *args], cwd=cwd, input=input, env=env)
     if check and proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
         raise KernelInputError(f"git {' '.join(args[:4])} failed: {err.splitlines()[-1] if err else proc.returncode}",
                                details=err)
     return proc
+
+
+def _subprocess(cmd: list[str], cwd: Optional[Path] = None, input: Optional[bytes] = None,
+                env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run git with output captured and a deadline; past it, a KernelInputError naming the command."""
+    try:
+        return subprocess.run(cmd, cwd=cwd, input=input, capture_output=True, env=env, timeout=GIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        shown = " ".join(a for a in cmd[1:] if a not in _GIT_CONFIG)[:80]
+        raise KernelInputError(f"git {shown} did not finish within {GIT_TIMEOUT_S:.0f} s") from None
 
 
 def _out(proc: subprocess.CompletedProcess) -> str:
@@ -92,8 +104,7 @@ def _wt_git(tree: Path, *args: str, input: Optional[bytes] = None, check: bool =
             env: Optional[dict] = None) -> subprocess.CompletedProcess:
     if env:
         full = dict(os.environ, **_IDENTITY, **env)
-        return subprocess.run(["git", *_GIT_CONFIG, "-C", str(tree), *args], input=input,
-                              capture_output=True, env=full)
+        return _subprocess(["git", *_GIT_CONFIG, "-C", str(tree), *args], input=input, env=full)
     return _run_git(["-C", str(tree), *args], input=input, check=check)
 
 
@@ -134,7 +145,7 @@ def import_tree(tree: Path) -> SourceRepo:
     key = "import-" + _short(str(tree))
     git_dir = cache_subdir("kernel/imports") / f"{key}.git"
     repo = SourceRepo(origin=tree, git_dir=git_dir, imported=True, key=key)
-    with file_lock(git_dir.with_suffix(".lock")):
+    with file_lock(git_dir.with_suffix(".lock"), what=f"the import of {tree}"):
         if not (git_dir / "HEAD").exists():
             log.info("importing %s into a git repository in the cache (once)", tree)
             _run_git(["init", "-q", "--bare", str(git_dir)], check=True)
@@ -166,29 +177,15 @@ def worktree_path(repo: SourceRepo) -> Path:
     return cache_subdir("kernel/work") / repo.key / "src"
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another kvmh process to finish with %s", path.parent)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def repo_lock(repo: SourceRepo) -> contextlib.AbstractContextManager:
     """Serialise everything done on one repository's worktree (apply, build)."""
-    return file_lock(cache_subdir("kernel/work") / repo.key / "lock")
+    return file_lock(cache_subdir("kernel/work") / repo.key / "lock", what=f"the worktree of {repo.origin}")
 
 
 def _ensure_worktree(repo: SourceRepo, base: str) -> Path:
     path = worktree_path(repo)
     if (path / ".git").exists() and _wt_git(path, "rev-parse", "HEAD").returncode == 0:
+        _whole_checkout(path)
         return path
     if path.exists():
         shutil.rmtree(path)
@@ -196,7 +193,15 @@ def _ensure_worktree(repo: SourceRepo, base: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # --force re-registers our path if its directory was deleted; the user's other worktrees are left alone.
     repo.git("worktree", "add", "-q", "--force", "--detach", str(path), base, check=True)
+    _whole_checkout(path)
     return path
+
+
+def _whole_checkout(path: Path) -> None:
+    """Build from every file: ``git worktree add`` copies a sparse checkout of the user's tree into ours."""
+    if _out(_wt_git(path, "config", "--bool", "core.sparseCheckout")) == "true":
+        log.info("turning off the sparse checkout %s inherited from the user's tree", path)
+        _wt_git(path, "sparse-checkout", "disable", check=True)
 
 
 def _clean(path: Path) -> None:
