@@ -21,6 +21,7 @@ PACKAGES=(
   xz-utils                                          # linux-source-6.12.tar.xz
   libcap-dev libnuma-dev                            # KVM selftests
   ccache openssh-client ca-certificates
+  tmux                                              # the terminal tests of the progress display
   python3 python3-venv                              # the harness runs in its own virtual environment
 )
 export DEBIAN_FRONTEND=noninteractive

@@ -206,8 +206,7 @@ def _main_job_logged(args: argparse.Namespace, target_args: Callable[[argparse.N
         from .kernel.cli import build_for_run
 
         try:
-            with stages.stage("kernel build"):
-                build = build_for_run(args)
+            build = build_for_run(args)
         except HarnessError as err:
             _report_infra_failure(artifacts, args, "kernel build", err)
             raise

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import InfrastructureError
+from ..locks import file_lock
 from ..paths import cache_subdir
+from ..stages import stage
 from .config import ConfigRequest, make_config, requested_options
 from .headers import kernel_arch
+from .make_progress import expected_steps, remember_steps, run_make
 from .series import EMPTY, KernelInputError, Series
-from .worktree import PreparedSource, file_lock, open_repo, prepare, prepare_in_place, repo_lock, resolve_base
+from .worktree import PreparedSource, open_repo, prepare, prepare_in_place, repo_lock, resolve_base
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,10 @@ _HOST_ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "s390x": "s390x"}
 _WARNING = re.compile(r"^(\S+?):(\d+):(?:(\d+):)? warning: (.*)$")
 _MODPOST = re.compile(r"^WARNING: (modpost: .*)$")
 _ERROR = re.compile(r"(: error: |: fatal error: |^make(\[\d+\])?: \*\*\* |undefined reference to|^ERROR: )")
+MAKE_TIMEOUT_S = 4 * 3600.0
+"""The longest one kernel ``make`` may take (a full debug build on 2 cores takes about an hour)."""
+TOOL_TIMEOUT_S = 300.0
+"""The longest a version query or ``make kernelrelease`` may take."""
 
 
 class BuildError(InfrastructureError):
@@ -94,7 +101,10 @@ def detect_toolchain(arch: str) -> Toolchain:
             package = CROSS_PACKAGE.get(arch, "gcc") if cross else "gcc"
             raise KernelInputError(f"{tool} not found: install the Debian package {package} "
                                    f"(apt-get install {package}) to build {arch} kernels")
-    proc = subprocess.run([gcc, "--version"], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([gcc, "--version"], capture_output=True, text=True, timeout=TOOL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"{gcc} --version did not answer within {TOOL_TIMEOUT_S:.0f} s") from None
     version = (proc.stdout.splitlines() or ["unknown"])[0].strip()
     return Toolchain(arch=arch, cross_compile=cross, version=version, ccache=shutil.which("ccache") is not None)
 
@@ -220,7 +230,7 @@ def build_kernel(tree: Path, series: Series = EMPTY, arch: str = "s390x",
         log.info("kernel for %s already built: %s", arch, hit.image)
         return hit
     if in_place:
-        with file_lock(p.key_dir / "lock"):
+        with file_lock(p.key_dir / "lock", what=f"the kernel build {p.key_dir.name}"):
             return cached_build(p) or _build(prepared, p, config, toolchain, jobs)
     with repo_lock(repo):
         hit = cached_build(p)  # another process may have built it while we waited for the lock
@@ -252,7 +262,13 @@ def _build(src: PreparedSource, p: BuildPlan, config: ConfigRequest, toolchain: 
     jobs = jobs or os.cpu_count() or 1
     log.info("building %s kernel %s (%s) with -j%d, log %s", toolchain.arch, src.head[:12],
              "incremental" if incremental else "full", jobs, log_path)
-    _run_make(src.tree, p.obj, [*make, f"-j{jobs}", *targets], log_path, src.head)
+    stage_name = f"kernel build ({toolchain.arch}, {'incremental' if incremental else 'full'})"
+    expected, measured = expected_steps(config.hash, cfg.read_text())
+    with stage(stage_name, detail=f"{src.head[:12]}; expected {'' if measured else '~'}{expected} files"):
+        steps = _run_make(src.tree, p.obj, [*make, f"-j{jobs}", *targets], log_path, src.head, stage=stage_name,
+                          expected=None if incremental else expected)
+    if not incremental:
+        remember_steps(config.hash, steps)
     release = _make_out(src.tree, p.obj, [*make, "-s", "kernelrelease"]).strip()
     modules_dir = None
     if modules:
@@ -279,7 +295,9 @@ def _build(src: PreparedSource, p: BuildPlan, config: ConfigRequest, toolchain: 
     )
     if src.series.patches:
         _compare_with_base(build, p)
-    p.record.write_text(build.to_json())
+    partial = p.record.with_name(p.record.name + ".partial")
+    partial.write_text(build.to_json())
+    partial.replace(p.record)  # a concurrent reader sees the whole record or none
     log.info("built %s (%s) in %.0f s, %d warnings", image, release, build.duration_s, build.warnings)
     return build
 
@@ -321,20 +339,27 @@ def first_errors(text: str, limit: int = 6) -> list[str]:
     return [line.rstrip() for line in lines[start:start + limit]]
 
 
-def _run_make(tree: Path, obj: Path, args: Sequence[str], log_path: Path, head: str) -> None:
+def _run_make(tree: Path, obj: Path, args: Sequence[str], log_path: Path, head: str, *, stage: str = "",
+              expected: Optional[int] = None) -> int:
+    """Run make in ``tree`` with ``O=obj``; returns the kbuild steps it printed. A failure raises BuildError."""
     cmd = ["make", "-C", str(tree), f"O={obj}", *args]
-    with open(log_path, "ab") as fh:
-        fh.write(("$ " + " ".join(cmd) + "\n").encode())
-        fh.flush()
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
+    status, steps, timed_out = run_make(cmd, log_path, MAKE_TIMEOUT_S, stage=stage, expected=expected)
+    if timed_out:
+        raise BuildError(f"kernel build at {head[:12]} did not finish within {MAKE_TIMEOUT_S:.0f} s "
+                         f"(log: {log_path})")
+    if status != 0:
         errors = first_errors(log_path.read_text(errors="replace"))
         raise BuildError(f"kernel build failed at {head[:12]}: {errors[0] if errors else 'make failed'} "
                          f"(log: {log_path})", details="\n".join(errors))
+    return steps
 
 
 def _make_out(tree: Path, obj: Path, args: Sequence[str]) -> str:
-    proc = subprocess.run(["make", "-C", str(tree), f"O={obj}", *args], capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["make", "-C", str(tree), f"O={obj}", *args], capture_output=True, text=True,
+                              timeout=TOOL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"make {args[-1]} in {obj} did not finish within {TOOL_TIMEOUT_S:.0f} s") from None
     if proc.returncode != 0:
         raise BuildError(f"make {args[-1]} failed in {obj}: {proc.stderr.strip()[-200:]}")
     return proc.stdout
