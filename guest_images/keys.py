@@ -7,6 +7,8 @@ Dropbear stores an ed25519 host key in SSH wire format: ``string "ssh-ed25519"``
 from __future__ import annotations
 
 import base64
+import os
+import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +85,20 @@ def generate_keys(comment: str) -> ImageKeys:
     )
 
 
+def write_secret(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from the first byte (a new file, renamed over the old one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_client_key(keys: ImageKeys, path: Path) -> None:
-    """Write the private key (mode 0600) and its ``.pub`` beside it."""
-    path.write_bytes(keys.client_private_openssh)
-    path.chmod(0o600)
+    """Write the private key (mode 0600 from its first byte) and its ``.pub`` beside it."""
+    write_secret(path, keys.client_private_openssh)
     path.with_name(path.name + ".pub").write_text(keys.client_public_line + "\n")

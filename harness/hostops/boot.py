@@ -11,6 +11,8 @@ from typing import Optional
 
 from ..errors import HarnessError, InfrastructureError
 from ..targets.base import Target
+from ..transport.cmdshell import ENV_MARK
+from ..transport.session import SESSION_ENV
 from .probe import HostProbe
 from .shell import HostShell
 
@@ -53,10 +55,14 @@ def kexec_load_command(image: str, initrd: Optional[str], cmdline: str) -> str:
 
 
 def detached(command: str, probe: HostProbe) -> str:
-    """Run ``command`` one second from now in its own session, so the SSH command returns first."""
+    """Run ``command`` one second from now in its own session, so the SSH command returns first.
+
+    It drops the SSH session's environment marks: it must outlive the session, whose keeper ends
+    every process carrying them when the connection closes.
+    """
     inner = shlex.quote(f"sleep 1; {command}")
     launcher = "setsid" if probe.has("setsid") else "nohup"
-    return f"({launcher} sh -c {inner} </dev/null >/dev/null 2>&1 &)"
+    return f"(env -u {SESSION_ENV} -u {ENV_MARK} {launcher} sh -c {inner} </dev/null >/dev/null 2>&1 &)"
 
 
 def kexec_exec_command(probe: HostProbe) -> tuple[str, str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import io
 import logging
+import posixpath
 import secrets
 import shlex
 import tarfile
@@ -190,10 +191,13 @@ def _copy_and_prepare(shell: HostShell, report: CheckReport, kernel: LocalKernel
 
     remote_image = f"{kdir}/vmlinuz"
     remote_initrd = f"{kdir}/initrd.img"
-    shell.check(f"mkdir -p {shlex.quote(kdir)}", f"creating {kdir}")
-    shell.write_file(kernel.image, remote_image, f"copying the kernel to {remote_image}")
+    # Root only: a repacked initramfs holds the host's /etc/shadow and SSH host keys.
+    kvmh_dir = shlex.quote(posixpath.dirname(kdir))
+    shell.check(f"umask 077 && mkdir -p {shlex.quote(kdir)} && chmod 700 {kvmh_dir} {shlex.quote(kdir)}",
+                f"creating {kdir}")
+    shell.write_file(kernel.image, remote_image, f"copying the kernel to {remote_image}", mode=0o600)
     if kernel.initrd is not None:
-        shell.write_file(kernel.initrd, remote_initrd, f"copying the initramfs to {remote_initrd}")
+        shell.write_file(kernel.initrd, remote_initrd, f"copying the initramfs to {remote_initrd}", mode=0o600)
     if kernel.modules_dir is not None:
         _copy_modules(shell, kernel, layout, report.probe.has("depmod"))
     record.status = "loaded"

@@ -1,10 +1,18 @@
 """A QEMU guest run ON a remote s390x host (accel=kvm there), reached through the host's SSH connection.
 
 For fast non-PV selftests inside a guest while PV scenarios run on the host itself. The guest
-image's kernel and initrd are copied to a directory on the host, QEMU is started there detached
-(its console goes to a file), SSH is forwarded from the host's 127.0.0.1:<port>, and the harness
-reaches that port through a ``direct-tcpip`` channel of the existing connection. The QEMU command
-line is the one ``QemuTarget.qemu_argv`` builds, with the console moved from stdio to a file.
+image's kernel and initrd are copied to a new directory (``mktemp -d``, mode 0700) inside the host
+connection's private working directory, SSH is forwarded from the host's 127.0.0.1:<port>, and the
+harness reaches that port through a ``direct-tcpip`` channel of the existing connection. The QEMU
+command line is the one ``QemuTarget.qemu_argv`` builds, with the console moved from stdio to a file.
+
+QEMU runs under a watchdog (``harness.transport.keeper`` ``watch``) in the foreground of its own SSH
+channel: the watchdog is QEMU's parent, so it signals QEMU only while QEMU cannot have been reaped
+(no pid file is ever read back to pick a process to signal), and it ends QEMU (SIGTERM, SIGKILL after
+``STOP_GRACE_S``) when the channel closes, i.e. at ``close()``, when the harness dies or loses the
+connection, or when the harness's heartbeats stop for ``REMOTE_SILENCE_S`` (a dead link).  The host
+session's keeper reaps the directories of earlier sessions whose keeper is gone, with any QEMU still
+running from them.
 """
 
 from __future__ import annotations
@@ -21,11 +29,16 @@ import paramiko
 from ..errors import BootError, InfrastructureError
 from ..targets.base import CommandResult, OutputCallback, Target, TargetFacts
 from ..targets.spec import TargetOptions
+from ..transport.heartbeat import REMOTE_SILENCE_S, HeldCommand
+from ..transport.session import keeper_command
 from ..transport.ssh import SshClient
 
 log = logging.getLogger(__name__)
 
-REMOTE_BASE = "/var/tmp/kvmh-nested"
+STOP_GRACE_S = 5.0
+"""How long the nested QEMU gets to end after SIGTERM before SIGKILL."""
+STOP_BOUND_S = REMOTE_SILENCE_S + STOP_GRACE_S + 5.0
+"""After the harness dies or its link does, the nested QEMU is gone within this many seconds."""
 READY_MARK = "KVMH-READY"
 ERROR_MARK = "KVMH-ERROR"
 
@@ -134,6 +147,8 @@ class NestedQemuTarget(Target):
         self.port = 0
         self.argv: list[str] = []
         self.ssh: Optional[ForwardedSshClient] = None
+        self.watchdog: Optional[HeldCommand] = None
+        self.qemu_pid = 0
 
     def skip_reason(self) -> Optional[str]:
         return nested_skip_reason(probe_nested(self.host), self.arch)
@@ -141,20 +156,17 @@ class NestedQemuTarget(Target):
     def start(self) -> None:
         if self.owns_host and not self.host.connected():
             self.host.start()
-        if self.image is None:
-            from guest_images import build_image
-
-            self.image = build_image(self.arch, kernel=self.options.kernel, modules_dir=self.options.modules_dir)
         info = probe_nested(self.host)
         reason = nested_skip_reason(info, self.arch)
         if reason:
             raise InfrastructureError(f"cannot run a nested guest on {self.host.spec}: {reason}")
+        if self.image is None:
+            from guest_images import build_image
+
+            self.image = build_image(self.arch, kernel=self.options.kernel, modules_dir=self.options.modules_dir)
         deadline = time.monotonic() + self.options.boot_timeout
-        self.remote_dir = self.host.run(f"mkdir -p {REMOTE_BASE} && mktemp -d {REMOTE_BASE}/g.XXXXXX",
-                                        timeout=60).stdout.strip()
-        if not self.remote_dir:
-            raise InfrastructureError(f"cannot create a directory for the nested guest under {REMOTE_BASE}")
         try:
+            self.remote_dir = self._make_dir()
             self.host.put(Path(self.image.kernel), f"{self.remote_dir}/vmlinuz")
             self.host.put(Path(self.image.initrd), f"{self.remote_dir}/initrd.img")
             self.port = self._free_remote_port()
@@ -175,24 +187,44 @@ class NestedQemuTarget(Target):
             raise InfrastructureError(f"cannot pick a free port on {self.host.spec} (python3 missing?)")
         return int(out)
 
+    def _make_dir(self) -> str:
+        """A new private directory for this guest inside the host connection's private working directory."""
+        workdir = getattr(self.host, "workdir", None)
+        if not callable(workdir) or not callable(getattr(self.host, "start_held", None)):
+            raise InfrastructureError(f"a nested guest needs an ssh:// host, not {self.host.spec}")
+        result = self.host.run(f"umask 077 && mktemp -d {shlex.quote(workdir())}/nested.XXXXXX", timeout=60)
+        path = result.stdout.strip()
+        if not result.ok or not path.startswith("/"):
+            raise InfrastructureError(f"cannot create a directory for the nested guest on {self.host.spec}: "
+                                      f"{result.stderr.strip() or result.exit_status}")
+        return path
+
     def _launch(self) -> None:
+        """Start QEMU under its watchdog, on a channel of its own, from the guest's private directory."""
         line = shlex.join(self.argv)
-        command = (f"cd {shlex.quote(self.remote_dir)} && echo {shlex.quote(line)} > qemu-cmdline.txt && "
-                   f"(setsid {line} </dev/null >qemu.log 2>&1 & echo $! > qemu.pid)")
-        result = self.host.run(command, timeout=60)
-        if not result.ok:
-            raise InfrastructureError(f"starting QEMU on {self.host.spec} failed: {result.stderr.strip()}")
+        quoted_dir = shlex.quote(self.remote_dir)
+        written = self.host.run(f"echo {shlex.quote(line)} > {quoted_dir}/qemu-cmdline.txt", timeout=60)
+        if not written.ok:
+            raise InfrastructureError(f"cannot write the QEMU command line on {self.host.spec}: "
+                                      f"{written.stderr.strip()}")
+        command = f"cd -- {quoted_dir} || exit 125\n" + keeper_command(
+            f"watch {REMOTE_SILENCE_S:g} {STOP_GRACE_S:g} -- {line}")
+        self.watchdog = self.host.start_held(command, "the nested QEMU's watchdog")
+        first = self.watchdog.read_line(time.monotonic() + 60)
+        word, _, pid = first.partition(" ")
+        if word != "KVMH-CHILD" or not pid.strip().isdigit():
+            raise InfrastructureError(f"starting QEMU on {self.host.spec} failed: {first.strip()[:300]}")
+        self.qemu_pid = int(pid)
+        log.info("nested QEMU on %s: pid %d in %s", self.host.spec, self.qemu_pid, self.remote_dir)
 
     def _wait_ready(self, deadline: float) -> None:
         console = f"{self.remote_dir}/console.log"
         while time.monotonic() < deadline:
-            state = self.host.run(
-                f"grep -Eo '{READY_MARK}|{ERROR_MARK}.*' {shlex.quote(console)} 2>/dev/null | head -n1; "
-                f"kill -0 $(cat {shlex.quote(self.remote_dir)}/qemu.pid) 2>/dev/null || echo QEMU-GONE", timeout=60)
-            text = state.stdout
+            text = self.host.run(f"grep -Eo '{READY_MARK}|{ERROR_MARK}.*' {shlex.quote(console)} 2>/dev/null "
+                                 f"| head -n1", timeout=60).stdout
             if READY_MARK in text:
                 return
-            if ERROR_MARK in text or "QEMU-GONE" in text:
+            if ERROR_MARK in text or self.watchdog is None or not self.watchdog.alive:
                 tail = self.host.run(f"tail -n 5 {shlex.quote(self.remote_dir)}/qemu.log {shlex.quote(console)}",
                                      timeout=30).stdout.strip().replace("\n", " | ")
                 raise BootError(f"nested guest on {self.host.spec} did not come up: {tail[-300:]}")
@@ -221,17 +253,31 @@ class NestedQemuTarget(Target):
         facts.extra["host"] = self.host.spec
         return facts
 
+    def workdir(self) -> str:
+        """The private working directory of this connection inside the nested guest."""
+        if self.ssh is None:
+            raise InfrastructureError(f"{self.spec} is not started")
+        return self.ssh.workdir
+
     def close(self) -> None:
+        """Disconnect, end QEMU through its watchdog, remove the guest's directory; idempotent."""
         if self.ssh is not None:
             self.ssh.close()
             self.ssh = None
+        if self.watchdog is not None:
+            status = self.watchdog.stop(STOP_GRACE_S + 15.0)
+            if status is None:
+                log.warning("the nested QEMU's watchdog on %s did not confirm QEMU's end (the host session's "
+                            "keeper ends it with the connection)", self.host.spec)
+            else:
+                log.info("nested QEMU on %s ended: %s", self.host.spec, self.watchdog.output.strip()[-200:])
+            self.watchdog = None
         if self.remote_dir:
-            quoted = shlex.quote(self.remote_dir)
-            try:
-                self.host.run(f"p=$(cat {quoted}/qemu.pid 2>/dev/null) && {{ kill -TERM -- -$p 2>/dev/null; "
-                              f"sleep 2; kill -KILL -- -$p 2>/dev/null; }}; rm -rf -- {quoted}", timeout=60)
-            except InfrastructureError as err:
-                log.warning("could not stop the nested guest on %s: %s", self.host.spec, err)
+            if getattr(self.host, "connected", lambda: True)():
+                try:
+                    self.host.run(f"rm -rf -- {shlex.quote(self.remote_dir)}", timeout=60)
+                except InfrastructureError as err:
+                    log.warning("could not remove %s on %s: %s", self.remote_dir, self.host.spec, err)
             self.remote_dir = ""
         if self.owns_host:
             self.host.close()

@@ -5,6 +5,9 @@ kernel then boots with the same root tree, including its SSH host key, authorize
 just installed and the install record. Other mounts (/proc, /sys, /dev, /run, /tmp) are kept as empty
 directories; ``/dev/console`` is added so the kernel can open a console before /init runs.
 
+The archive holds everything the root can read (``/etc/shadow``, SSH host keys, ...): it is written
+with mode 0600 from its first byte, and only ever into a root-only directory.
+
 Usage: python3 - [--root=DIR] OUTPUT [EXCLUDED_PATH ...]   (--root, default /, is for tests)
 """
 
@@ -88,7 +91,10 @@ def main(argv):
     excluded.add(os.path.abspath(output))
     tmp = output + ".part"
     excluded.add(os.path.abspath(tmp))
-    with open(tmp, "wb") as out:
+    os.umask(0o077)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover .part keeps its old mode otherwise
+    with os.fdopen(fd, "wb") as out:
         writer = Writer(out)
         if not walk(writer, root, excluded):
             writer.header("dev/console", stat.S_IFCHR | 0o600, 0, rdev=(5, 1))

@@ -85,7 +85,8 @@ class HostShell:
                 raise RemoteCommandError(f"{what} failed on {self.target.spec}: {err}") from None
             return
         quoted = shlex.quote(remote)
-        self.check(f"cat > {quoted} && chmod {mode:o} {quoted}", what, stdin=Path(local).read_bytes())
+        # Created unreadable to others (umask), then given its mode: never world-readable while written.
+        self.check(f"umask 077 && cat > {quoted} && chmod {mode:o} {quoted}", what, stdin=Path(local).read_bytes())
 
     def write_text(self, text: str, remote: str, what: str, mode: int = 0o644) -> None:
         """Write ``text`` to ``remote`` as root, atomically (temporary file, then rename)."""

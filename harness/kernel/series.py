@@ -31,6 +31,8 @@ class KernelInputError(InfrastructureError):
 
 # An mbox separator as written by git format-patch, git send-email, b4 and lore:
 # "From <sender-or-sha> <weekday> <month> <day> <hh:mm:ss> <year>".
+GIT_TIMEOUT_S = 600.0
+B4_TIMEOUT_S = 300.0
 _FROM_LINE = re.compile(rb"^From \S+ +\w{3} \w{3} +\d{1,2} \d{1,2}:\d{2}:\d{2} \d{4}\s*$")
 _PREFIX = re.compile(r"^\s*\[([^\]]*)\]\s*(.*)$", re.S)
 _NUMBER = re.compile(r"(\d+)\s*/\s*(\d+)")
@@ -239,8 +241,8 @@ def series_from_range(tree: Path, spec: str) -> Series:
             raise KernelInputError(f"commit {rev!r} of range {spec!r} not found in {tree}: "
                                    "fetch it or fix the range")
         resolved.append(proc.stdout.strip())
-    proc = subprocess.run(["git", "-C", str(tree), "format-patch", "--stdout", "--no-signature",
-                           f"{resolved[0]}..{resolved[1]}"], capture_output=True)
+    proc = _run(["git", "-C", str(tree), "format-patch", "--stdout", "--no-signature",
+                 f"{resolved[0]}..{resolved[1]}"], f"git format-patch {spec}")
     if proc.returncode != 0:
         raise KernelInputError(f"git format-patch {spec} failed in {tree}: "
                                f"{proc.stderr.decode(errors='replace').strip()}")
@@ -259,8 +261,9 @@ def series_from_message_id(msgid: str) -> Series:
     if shutil.which("b4") is None:
         raise KernelInputError(f"cannot fetch message-id {msgid}: b4 not installed — {hint}")
     with tempfile.TemporaryDirectory(prefix="kvmh-b4-") as tmp:
-        proc = subprocess.run(["b4", "am", "-n", "series", "-o", tmp, msgid],
-                              capture_output=True, text=True, timeout=300)
+        # "--": a message-id starting with "-" is an argument, never an option of b4.
+        proc = _run(["b4", "am", "-n", "series", "-o", tmp, "--", msgid], f"fetching message-id {msgid} with b4",
+                    timeout=B4_TIMEOUT_S, text=True)
         mboxes = sorted(Path(tmp).glob("*.mbx"))
         if proc.returncode != 0 or not mboxes:
             last = (proc.stderr.strip().splitlines() or ["no mbox written"])[-1]
@@ -292,4 +295,12 @@ def load_series(spec: Union[str, Path, None], tree: Optional[Path] = None) -> Se
 
 
 def _git(tree: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True)
+    return _run(["git", "-C", str(tree), *args], f"git {' '.join(args[:2])} in {tree}", text=True)
+
+
+def _run(cmd: list[str], what: str, timeout: float = GIT_TIMEOUT_S, text: bool = False) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with output captured and a deadline; past it, a KernelInputError naming the step."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=text, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise KernelInputError(f"{what} did not finish within {timeout:.0f} s") from None

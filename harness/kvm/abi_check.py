@@ -20,6 +20,8 @@ from . import uapi
 log = logging.getLogger(__name__)
 
 PROBE_SOURCE = Path(__file__).with_name("abi_probe.c")
+COMPILE_TIMEOUT_S = 300.0
+RUN_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,11 @@ def build_probe(arch: str, include_dir: Path, out_dir: Path) -> Path:
     binary = out_dir / f"abi_probe-{arch}"
     cmd = [chain.compiler, "-static", "-O0", "-Wall", "-Werror", "-I", str(include_dir),
            "-o", str(binary), str(PROBE_SOURCE)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise InfrastructureError(f"compiling the ABI probe for {arch} took more than "
+                                  f"{COMPILE_TIMEOUT_S:.0f} s") from None
     if proc.returncode != 0:
         raise InfrastructureError(f"compiling the ABI probe for {arch} failed: {proc.stderr.strip()[:500]}",
                                   details=proc.stderr)
@@ -73,7 +79,10 @@ def run_probe(arch: str, binary: Path) -> Dict[str, int]:
     """Run the probe binary (under user emulation if needed) and parse its ``name=value`` lines."""
     chain = toolchain(arch)
     cmd = ([chain.runner] if chain.runner else []) + [str(binary)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise InfrastructureError(f"the ABI probe for {arch} ran longer than {RUN_TIMEOUT_S:.0f} s") from None
     if proc.returncode != 0:
         raise InfrastructureError(f"ABI probe for {arch} exited {proc.returncode}: {proc.stderr.strip()[:300]}")
     return parse_probe_output(proc.stdout)

@@ -35,8 +35,9 @@ def bundle_digest() -> str:
 
 
 def remote_path() -> str:
-    """Where the runner puts the bundle on a target; the digest keeps stale copies from being used."""
-    return f"/tmp/kvmh-agent-{bundle_digest()}.pyz"
+    """Where the runner puts the bundle on a target: a name relative to the target's private working
+    directory (never a shared path such as /tmp); the digest keeps stale copies from being used."""
+    return f"kvmh-agent-{bundle_digest()}.pyz"
 
 
 def write_bundle(directory: Path) -> Path:

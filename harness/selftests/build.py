@@ -4,12 +4,15 @@ The user's tree is only read: the files the kvm selftest Makefile needs are copi
 build area under the cache, the harness's C selftests are dropped into the copy, and
 ``make OUTPUT=…`` runs there against the tree's uapi headers installed out of tree
 (``KHDR_INCLUDES``/``LINUX_HDR_PATH``), never against the toolchain's older ones.
+
+Concurrent runs share the cache safely: ``<key>.lock`` (exclusive) serialises building and loading
+an entry, and every process that uses an entry holds ``<key>.use`` shared until it exits
+(:func:`hold_build`).  Pruning removes only entries it can lock both ways, least recently used first.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -21,11 +24,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from ..errors import InfrastructureError, UsageError
 from ..kernel.headers import installed_headers, kernel_arch, tree_identity
 from ..kernel.source import check_kernel_tree
+from ..locks import file_lock, try_file_lock
 from ..paths import cache_subdir
 
 log = logging.getLogger(__name__)
@@ -43,8 +47,13 @@ OUR_TESTS_S390 = ("async_teardown_test",)
 _OUR_TEST_NEEDS = "KVM_CAP_S390_PROTECTED_ASYNC_DISABLE"
 _LIST_TARGET = "kvmh-list-programs"
 _MANIFEST = "manifest.json"
+_LAST_USED = "last-used"
 KEEP_BUILDS = 4
-"""Cached builds kept per architecture (one per tree state; older ones are removed)."""
+"""Cached builds kept per architecture (one per tree state; the least recently used go)."""
+BUILD_TIMEOUT_S = 3600.0
+"""The longest a selftest ``make`` may take."""
+TOOL_TIMEOUT_S = 60.0
+"""The longest a tool's version query or the program listing may take."""
 
 # Parts of tools/ the kvm selftests need besides tools/testing/selftests/kvm itself.
 _TOOLS_DIRS = ("tools/include", "tools/arch", "tools/build", "tools/lib", "tools/scripts")
@@ -117,7 +126,7 @@ def find_toolchain(arch: str) -> Toolchain:
     if shutil.which(gcc) is None:
         package = f"gcc-{harness_arch(arch).replace('_', '-')}-linux-gnu" if prefix else "gcc"
         raise InfrastructureError(f"{gcc} not found: install {package} (apt-get install {package})")
-    proc = subprocess.run([gcc, "--version"], capture_output=True, text=True)
+    proc = _run([gcc, "--version"], f"{gcc} --version", TOOL_TIMEOUT_S, capture_output=True, text=True)
     first = proc.stdout.splitlines()[0] if proc.stdout else gcc
     return Toolchain(cross_prefix=prefix, version=first.strip())
 
@@ -286,28 +295,75 @@ def build_selftests(tree: Path, arch: str, *, jobs: Optional[int] = None, with_o
     inputs = _inputs(tree, arch, with_ours)
     root = cache_root or cache_subdir("selftests")
     entry = root / inputs.key
-    with _locked(root / f"{inputs.key}.lock"):
+    with file_lock(_lock_path(entry), what=f"the KVM selftest build {inputs.key}"):
         cached = _load(entry, tree, inputs)
-        if cached is not None:
+        if cached is None:
+            _build_into(entry, inputs, jobs or os.cpu_count() or 1)
+            cached = _load(entry, tree, inputs)
+            if cached is None:
+                raise InfrastructureError(f"the KVM selftest build in {entry} left no usable manifest: "
+                                          f"remove it and retry")
+            result = _with(cached, cached=False, duration_s=time.monotonic() - start)
+        else:
             log.info("KVM selftests for %s: cache hit %s", arch, entry)
-            return _with(cached, cached=True, duration_s=time.monotonic() - start)
-        _build_into(entry, inputs, jobs or os.cpu_count() or 1)
-        result = _load(entry, tree, inputs)
-    if result is None:
-        raise InfrastructureError(f"the KVM selftest build in {entry} left no usable manifest: remove it and retry")
-    prune_cache(root, arch, keep=KEEP_BUILDS)
-    return _with(result, cached=False, duration_s=time.monotonic() - start)
+            result = _with(cached, cached=True, duration_s=time.monotonic() - start)
+        hold_build(result)  # taken while the entry is locked, so no prune can slip in between
+    if not result.cached:
+        prune_cache(root, arch, keep=KEEP_BUILDS)
+    return result
+
+
+def _lock_path(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".lock")
+
+
+def _use_path(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".use")
+
+
+_HELD: dict[Path, contextlib.ExitStack] = {}
+
+
+def hold_build(build: SelftestBuild) -> None:
+    """Keep ``build``'s cache entry from being pruned until this process exits, and mark it used now."""
+    entry = build.out_dir.parent
+    if entry not in _HELD:
+        stack = contextlib.ExitStack()
+        stack.enter_context(file_lock(_use_path(entry), shared=True, what=f"the KVM selftest build {entry.name}"))
+        _HELD[entry] = stack
+    try:
+        (entry / _LAST_USED).touch()
+    except OSError as err:
+        log.debug("cannot mark %s as used: %s", entry, err)
+
+
+def release_build(build: SelftestBuild) -> None:
+    """Let ``build``'s entry be pruned again (by other processes too)."""
+    stack = _HELD.pop(build.out_dir.parent, None)
+    if stack is not None:
+        stack.close()
+
+
+def _last_used(entry: Path) -> float:
+    stamps = [entry / _LAST_USED, entry / _MANIFEST]
+    return max((p.stat().st_mtime for p in stamps if p.exists()), default=0.0)
 
 
 def prune_cache(root: Path, arch: str, keep: int) -> list[Path]:
-    """Remove all but the ``keep`` most recently built entries of ``arch``; return what was removed."""
+    """Remove all but the ``keep`` most recently used entries of ``arch``; return what was removed.
+
+    An entry that any process holds (:func:`hold_build`) or is building stays.  Lock files stay too:
+    removing one would let two processes hold "the" lock at once.
+    """
     entries = [p for p in root.glob(f"{arch}-*") if p.is_dir() and (p / _MANIFEST).is_file()]
-    entries.sort(key=lambda p: (p / _MANIFEST).stat().st_mtime, reverse=True)
+    entries.sort(key=_last_used, reverse=True)
     removed = []
     for old in entries[keep:]:
-        with _locked(old.with_name(old.name + ".lock")):
+        with try_file_lock(_lock_path(old)) as unlocked, try_file_lock(_use_path(old)) as unused:
+            if not (unlocked and unused):
+                log.debug("keeping %s: another run uses it", old)
+                continue
             shutil.rmtree(old, ignore_errors=True)
-        old.with_name(old.name + ".lock").unlink(missing_ok=True)
         removed.append(old)
     if removed:
         log.info("removed %d old KVM selftest builds for %s", len(removed), arch)
@@ -320,16 +376,12 @@ def _with(build: SelftestBuild, **changes: object) -> SelftestBuild:
     return SelftestBuild(**values)  # type: ignore[arg-type]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock so concurrent sessions never build into the same entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _run(cmd: Sequence[str], what: str, timeout: float, **kwargs: object) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with a deadline; running past it is an infrastructure error naming the step."""
+    try:
+        return subprocess.run(list(cmd), timeout=timeout, **kwargs)  # type: ignore[call-overload]
+    except subprocess.TimeoutExpired:
+        raise InfrastructureError(f"{what} did not finish within {timeout:.0f} s") from None
 
 
 def _load(entry: Path, tree: Path, inputs: _Inputs) -> Optional[SelftestBuild]:
@@ -381,14 +433,15 @@ def _build_into(entry: Path, inputs: _Inputs, jobs: int) -> None:
     cmd = make_command(jobs=jobs, **common)  # type: ignore[arg-type]
     log.info("building KVM selftests for %s: %s", inputs.arch, " ".join(cmd))
     started = time.monotonic()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = _run(cmd, f"building the KVM selftests for {inputs.arch}", BUILD_TIMEOUT_S,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     (work / "build.log").write_text(proc.stdout)
     if proc.returncode != 0:
         raise InfrastructureError(
             f"building the KVM selftests of {inputs.tree} for {inputs.arch} failed "
             f"(log: {work / 'build.log'}): {first_errors(proc.stdout)}", details=proc.stdout)
-    listing = subprocess.run(make_command(jobs=1, target=_LIST_TARGET, **common),  # type: ignore[arg-type]
-                             capture_output=True, text=True)
+    listing = _run(make_command(jobs=1, target=_LIST_TARGET, **common),  # type: ignore[arg-type]
+                   "listing the built KVM selftests", TOOL_TIMEOUT_S, capture_output=True, text=True)
     if listing.returncode != 0:
         raise InfrastructureError(f"cannot list the built KVM selftests: {first_errors(listing.stderr)}")
     programs = _relative_programs(listing.stdout.split(), out)

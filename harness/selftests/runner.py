@@ -4,6 +4,10 @@ Each program runs as ``cd DIR && exec ./PROG 2>&1`` (line-buffered through ``std
 target has it, so a program killed at its timeout still shows its last lines), with the suite's
 ``settings`` timeout times a factor: 1 on real hardware and KVM, ``TCG_TIMEOUT_FACTOR`` under
 QEMU TCG. Its kernel log window (``dmesg_cursor``/``dmesg_since``) is kept with the result.
+
+Programs are copied into the target's private working directory (``target.workdir()``: made with
+``mktemp -d``, mode 0700, owner checked, removed when the target closes), never into a shared path,
+and the build's cache entry is held for the run so a concurrent prune cannot remove it.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from typing import Callable, Optional, Sequence
 
 from ..errors import HarnessError
 from ..targets.base import CommandResult, Target
-from .build import SelftestBuild
+from .build import SelftestBuild, hold_build
 from .ktap import Outcome, TestResult, program_result
 
 log = logging.getLogger(__name__)
 
-REMOTE_DIR = "/tmp/kvmh-selftests"
+REMOTE_SUBDIR = "selftests"
+"""Where the programs go, relative to the target's private working directory."""
 TIMEOUT_MARK = "kvmh-supervisor: timeout after"
 KILL_GRACE_S = 30.0
 """Extra seconds the target's own timeout allows on top of the supervisor's."""
@@ -94,7 +99,8 @@ class RunOptions:
     """Glob patterns of program names to run (all when empty)."""
     exclude: Sequence[str] = ()
     """Glob patterns of program names never to run."""
-    remote_dir: str = REMOTE_DIR
+    remote_dir: Optional[str] = None
+    """Directory on the target for the programs; None (the default): the target's private working directory."""
     capture_dmesg: bool = True
 
 
@@ -168,7 +174,10 @@ class SelftestRunner:
         self._prepared = False
         self._stdbuf = False
         self._python = False
+        self._root: Optional[str] = None
         self.spent_s = 0.0
+        if build.out_dir.is_dir():
+            hold_build(build)
 
     # -- placement -----------------------------------------------------------------------------
     @property
@@ -180,7 +189,15 @@ class SelftestRunner:
         """Directory on the target the program names are relative to."""
         if self.local:
             return str(self.build.out_dir)
-        return posixpath.join(self.options.remote_dir, self.build.key)
+        if self._root is None:
+            if self.options.remote_dir:
+                base = self.options.remote_dir
+            else:
+                workdir = getattr(self.target, "workdir", None)
+                # A target without one gets a relative path: its own working directory, never /tmp.
+                base = posixpath.join(workdir(), REMOTE_SUBDIR) if callable(workdir) else REMOTE_SUBDIR
+            self._root = posixpath.join(base, self.build.key)
+        return self._root
 
     def _prepare(self) -> None:
         if self._prepared:

@@ -1,4 +1,9 @@
-"""The machine the harness runs on, as a target: commands run as local processes."""
+"""The machine the harness runs on, as a target: commands run as local processes.
+
+Commands run in a private working directory (``mkdtemp``, mode 0700) made on first use and removed
+at ``close()`` (or when the target is garbage collected): relative paths given to ``put``/``get``
+name files there, as on remote targets.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ import platform
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import IO, Optional
 
@@ -27,9 +34,22 @@ class LocalTarget(Target):
         self.spec = spec
         self.arch = platform.machine()
         self._started = False
+        self._workdir: Optional[Path] = None
+        self._cleanup: Optional[weakref.finalize] = None
 
     def start(self) -> None:
         self._started = True
+
+    def workdir(self) -> str:
+        """The private working directory of this target (made on first use)."""
+        if self._workdir is None:
+            path = Path(tempfile.mkdtemp(prefix="kvmh-local-"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, str(path), True)
+            self._workdir = path
+        return str(self._workdir)
+
+    def _path(self, remote: str) -> Path:
+        return Path(self.workdir()) / remote
 
     def run(
         self,
@@ -46,6 +66,7 @@ class LocalTarget(Target):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            cwd=self.workdir(),
         )
         chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         readers = [
@@ -81,16 +102,21 @@ class LocalTarget(Target):
         )
 
     def put(self, local: Path, remote: str, mode: Optional[int] = None) -> None:
-        Path(remote).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, remote)
+        path = self._path(remote)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, path)
         if mode is not None:
-            os.chmod(remote, mode)
+            os.chmod(path, mode)
 
     def get(self, remote: str, local: Path) -> None:
-        shutil.copyfile(remote, local)
+        shutil.copyfile(self._path(remote), local)
 
     def close(self) -> None:
         self._started = False
+        if self._cleanup is not None:
+            self._cleanup()
+        self._workdir = None
+        self._cleanup = None
 
     def facts(self) -> TargetFacts:
         return TargetFacts(

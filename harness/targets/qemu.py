@@ -5,7 +5,10 @@ QEMU in its own session with ``-no-reboot`` (a panic ends QEMU), waits for the g
 ``KVMH-READY`` line while watching the console for panics and silence, and connects over SSH
 with the image's pinned host key.  QEMU never outlives the harness: ``close()`` is registered
 with ``atexit``, a SIGTERM handler kills it before the previous handler runs, and (when started
-from the main thread) the kernel kills it if the Python process dies (``PR_SET_PDEATHSIG``).
+from the main thread) the kernel kills it if the Python process dies (``PR_SET_PDEATHSIG``).  Every
+QEMU is also recorded in the cache (:mod:`harness.targets.qemu_registry`), so a QEMU that outlived a
+killed harness anyway is ended when the next one starts.  Commands run in a private working directory
+in the guest (``workdir()``), where relative paths of ``put``/``get`` land.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..errors import BootError, HarnessError, InfrastructureError, UsageError
 from ..transport.console import Console, ConsoleClosed
 from ..transport.panic import KernelPanic
 from ..transport.ssh import SshClient, SshConnectionLost
+from . import qemu_registry
 from .base import CommandResult, OutputCallback, Target, TargetFacts
 from .spec import TargetOptions
 
@@ -92,6 +96,7 @@ class QemuTarget(Target):
         self._shell_ready = False
         self._shell_lock = threading.Lock()
         self._closed = False
+        self._registration: Optional[qemu_registry.Registration] = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -145,6 +150,7 @@ class QemuTarget(Target):
         if self.console is not None:
             self.console.terminate(STOP_GRACE_S)
             log.info("%s: QEMU (pid %s) stopped: %s", self.spec, self.console.pid, self.console.exit_description())
+        self._unregister()
         _live.discard(self)
 
     # -- checks --------------------------------------------------------------------------------
@@ -237,12 +243,23 @@ class QemuTarget(Target):
         command = shlex.join(self.argv)
         (self.artifacts_dir / "qemu-cmdline.txt").write_text(command + "\n")
         log.info("starting QEMU: %s", command)
+        for pid in qemu_registry.reap_leftovers():
+            log.warning("ended QEMU pid %d that a killed harness left running", pid)
+        token = qemu_registry.new_token()
         console = Console(self.argv, self.artifacts_dir / "console.log", name=f"{self.arch} guest",
-                          process_label="QEMU", preexec_fn=_child_setup(os.getpid()))
+                          process_label="QEMU", preexec_fn=_child_setup(os.getpid()),
+                          env=dict(os.environ, **{qemu_registry.ENV: token}))
         self.console = console
         _register(self)
         console.start()
+        assert console.pid is not None
+        self._registration = qemu_registry.Registration(console.pid, token)
         (self.artifacts_dir / "qemu.pid").write_text(f"{console.pid}\n")
+
+    def _unregister(self) -> None:
+        if self._registration is not None:
+            self._registration.release()
+            self._registration = None
 
     def _probe_kvm(self) -> str:
         """Return why KVM cannot boot the guest ("" when the kernel prints under KVM)."""
@@ -270,6 +287,7 @@ class QemuTarget(Target):
         cmdline = log_path.with_name("qemu-cmdline.txt")
         if cmdline.exists():
             cmdline.rename(log_path.with_name(f"qemu-cmdline-{suffix}.txt"))
+        self._unregister()
         _live.discard(self)
         self.console = None
 
@@ -332,6 +350,10 @@ class QemuTarget(Target):
 
     def get(self, remote: str, local: Path) -> None:
         self._guard(f"copying {remote} from the guest", lambda: self.ssh.get(remote, local))
+
+    def workdir(self) -> str:
+        """The private working directory of this connection in the guest."""
+        return str(self._guard("making the working directory", lambda: self.ssh.workdir))
 
     def interact(self) -> None:
         """Attach the terminal to the guest's serial console until Ctrl-] (or the guest ends)."""

@@ -3,9 +3,12 @@
 Authentication uses ``options.ssh_key`` when given, else the SSH agent and the default keys
 (~/.ssh/id_*). The host key is checked against ``options.known_hosts`` (default ~/.ssh/known_hosts):
 an unknown key is refused unless ``options.accept_new_host_key`` (then one line is appended to the
-file); a key that differs from the known one is always refused. Keepalives detect a dead connection,
-and ``reconnect(deadline)`` waits for the host to answer again after a reboot. Commands, files and
-process-group kills on timeout come from ``harness.transport.ssh.SshClient``.
+file); a key that differs from the known one is always refused. ``reconnect(deadline)`` waits for the
+host to answer again after a reboot. Commands, files and process-group kills on timeout come from
+``harness.transport.ssh.SshClient``: keepalives that wait for their reply turn a dead link into an
+infrastructure error naming the host within ``heartbeat.DETECT_BOUND_S``, and a keeper on the host
+(``harness.transport.keeper``) holds the connection's private working directory and ends the
+session's processes and that directory when the connection closes, dies or goes silent.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..hostops.known_hosts import (
     load_known_hosts,
     mismatch_error,
 )
+from ..transport.heartbeat import DEAD_AFTER_S, KEEPALIVE_S, HeldCommand
 from ..transport.ssh import SshClient, SshError
 from .base import CommandResult, OutputCallback, Target, TargetFacts
 from .spec import TargetOptions, TargetSpec
@@ -34,7 +38,6 @@ from .spec import TargetOptions, TargetSpec
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0
-KEEPALIVE_S = 15
 
 
 class HostUnreachable(InfrastructureError):
@@ -93,10 +96,12 @@ class HostSshClient(SshClient):
     """
 
     def __init__(self, host: str, port: int, user: str, *, key_file: Optional[Path], known_hosts: Path,
-                 accept_new_host_key: bool, keepalive_s: int = KEEPALIVE_S) -> None:
+                 accept_new_host_key: bool, keepalive_s: float = KEEPALIVE_S,
+                 dead_after_s: float = DEAD_AFTER_S) -> None:
         super().__init__(host, port, user, key_file=key_file, known_hosts=None,
                          accept_new_host_key=accept_new_host_key, use_agent=key_file is None,
-                         look_for_keys=key_file is None, keepalive_s=keepalive_s)
+                         look_for_keys=key_file is None, keepalive_s=keepalive_s, dead_after_s=dead_after_s,
+                         keeper=True)
         self.known_hosts_path = known_hosts
         self.last_error = ""
 
@@ -154,7 +159,8 @@ class SshHostTarget(Target):
     kind = "ssh"
 
     def __init__(self, spec: TargetSpec, options: Optional[TargetOptions] = None, *,
-                 connect_timeout: float = CONNECT_TIMEOUT_S, keepalive_s: int = KEEPALIVE_S) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT_S, keepalive_s: float = KEEPALIVE_S,
+                 dead_after_s: float = DEAD_AFTER_S) -> None:
         if spec.kind != "ssh":
             raise UsageError(f"target {spec.text!r} is not an ssh:// target")
         self.target_spec = spec
@@ -172,7 +178,8 @@ class SshHostTarget(Target):
         self.known_hosts = Path(self.options.known_hosts).expanduser() if self.options.known_hosts \
             else default_known_hosts()
         self.client = HostSshClient(self.host, self.port, self.user, key_file=key, known_hosts=self.known_hosts,
-                                    accept_new_host_key=self.options.accept_new_host_key, keepalive_s=keepalive_s)
+                                    accept_new_host_key=self.options.accept_new_host_key, keepalive_s=keepalive_s,
+                                    dead_after_s=dead_after_s)
 
     # ------------------------------------------------------------ connection
 
@@ -204,6 +211,16 @@ class SshHostTarget(Target):
     def close(self) -> None:
         self.client.close()
 
+    def workdir(self) -> str:
+        """This connection's private working directory on the host (removed when the connection ends)."""
+        return self.client.workdir
+
+    def start_held(self, command: str, what: str) -> HeldCommand:
+        """Run ``command`` on its own channel until :meth:`HeldCommand.stop` (see ``SshClient.start_held``)."""
+        if not self.client.connected:
+            raise HostUnreachable(f"cannot reach {self.address}: not connected (start() or reconnect() first)")
+        return self.client.start_held(command, what)
+
     # ------------------------------------------------------------ commands and files
 
     def run(
@@ -219,9 +236,11 @@ class SshHostTarget(Target):
         return self.client.run(command, timeout, stdin=stdin, on_output=on_output)
 
     def put(self, local: Path, remote: str, mode: Optional[int] = None) -> None:
+        """Copy a file to the host; a relative ``remote`` lands in the private working directory."""
         self.client.put(local, remote, mode)
 
     def get(self, remote: str, local: Path) -> None:
+        """Copy a file from the host; a relative ``remote`` is read from the private working directory."""
         self.client.get(remote, local)
 
     # ------------------------------------------------------------ facts

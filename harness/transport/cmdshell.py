@@ -173,9 +173,10 @@ class ShellGone(Exception):
 class CommandShell:
     """``sh`` on an SSH exec channel, running one marked command at a time."""
 
-    def __init__(self, transport: paramiko.Transport, timeout: float = 30.0) -> None:
+    def __init__(self, transport: paramiko.Transport, timeout: float = 30.0, prelude: str = "") -> None:
+        """Start the shell; ``prelude`` (shell lines) runs first, e.g. to set its directory and environment."""
         self.channel = transport.open_session(timeout=timeout)
-        self.channel.exec_command("echo KVMH_SHELL $$; exec sh")
+        self.channel.exec_command(f"{prelude}echo KVMH_SHELL $$; exec sh")
         self.broken = False
         self.pid = self._read_pid(time.monotonic() + timeout)
 

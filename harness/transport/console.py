@@ -48,6 +48,14 @@ _KEEP_CHARS = 1 << 20
 _PRINTK_INSIDE = re.compile(r"\[\s*\d+\.\d{6}\](?:\[\s*[TC]\d+\])? ")
 
 
+def _exited(pid: int) -> bool:
+    """True once our child ``pid`` has ended; it is left unreaped (``WNOWAIT``)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True
+
+
 class ConsoleClosed(InfrastructureError):
     """The process behind the console ended."""
 
@@ -116,12 +124,20 @@ class Console:
         return self._child.pid if self._child is not None else None
 
     def alive(self) -> bool:
-        """True while the process runs."""
+        """True while the process runs.
+
+        Once it has ended, whatever is left of its process group is killed *before* it is reaped:
+        until then its pid (the group's id) cannot be reused, so the signal reaches no stranger.
+        """
         if self._child is None or self._exit is not None:
             return False
         with self._proc_lock:
-            if self._child.isalive():
+            if self._exit is not None:
+                return False
+            if not _exited(self._child.pid):
                 return True
+            self._signal_group(signal.SIGKILL)
+            self._child.isalive()  # reaps it
             self._record_exit()
             return False
 
@@ -161,9 +177,6 @@ class Console:
                     log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", self.name, child.pid, grace)
                     self._signal_group(signal.SIGKILL)
                     self.wait_exit(10.0)
-            else:
-                # The leader is gone; make sure nothing of its group lingers.
-                self._signal_group(signal.SIGKILL)
             if self._reader is not None:
                 self._reader.join(timeout=5)
             with self._proc_lock:
@@ -180,7 +193,8 @@ class Console:
         self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig: int) -> None:
-        if self._child is None:
+        """Signal the process group, only while its leader is unreaped (its pid cannot be reused)."""
+        if self._child is None or self._exit is not None:
             return
         try:
             os.killpg(self._child.pid, sig)

