@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from harness.arch import canonical
 from harness.errors import UsageError
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
-ARCH_ALIASES = {"amd64": "x86_64", "s390x": "s390x", "x86_64": "x86_64"}
 _LIST_KEYS = ("extra_suites", "packages", "exclude", "modules", "load_modules", "prune")
 
 
@@ -45,11 +45,11 @@ class Recipe:
 
 
 def normalize_arch(arch: str) -> str:
-    try:
-        return ARCH_ALIASES[arch]
-    except KeyError:
-        known = ", ".join(sorted(available_arches()))
-        raise UsageError(f"no guest image recipe for architecture {arch!r}; use one of: {known}") from None
+    name = canonical(arch)
+    if name not in available_arches():
+        known = ", ".join(available_arches())
+        raise UsageError(f"no guest image recipe for architecture {arch!r}; use one of: {known}")
+    return name
 
 
 def available_arches() -> list[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import platform
 from dataclasses import dataclass
 
 from .errors import InfrastructureError, UsageError
+from .arch import host_arch
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +17,6 @@ KVM_GET_API_VERSION = 0xAE00
 KVM_CREATE_VM = 0xAE01
 KVM_API_VERSION = 12
 ACCELERATORS = ("auto", "kvm", "tcg")
-
-
-def host_arch() -> str:
-    """The host's architecture in the harness's names (``x86_64``, ``s390x``, ...)."""
-    machine = platform.machine()
-    return {"amd64": "x86_64", "AMD64": "x86_64"}.get(machine, machine)
 
 
 def kvm_status(device: str = KVM_DEVICE) -> tuple[bool, str]:

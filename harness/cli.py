@@ -61,7 +61,7 @@ def _target_pytest_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import run_doctor
+    from .workflows.doctor import run_doctor
 
     def out(line: str) -> None:
         if not (args.quiet and line.startswith("ok ")):
@@ -89,7 +89,7 @@ def cmd_image_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from .run import boot_and_run, dry_run
+    from .workflows.run import boot_and_run, dry_run
 
     if args.dry_run:
         return dry_run(args.target, _target_options(args, args.artifacts))
@@ -97,7 +97,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from .run import run_pytest
+    from .workflows.run import run_pytest
 
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
@@ -107,14 +107,14 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import main_job
+    from .workflows.run import main_job
 
     return main_job(args, _target_pytest_args)
 
 
 def cmd_selftests(args: argparse.Namespace) -> int:
-    from .run import run_pytest
-    from .selftests.cli import selftests_pytest_args
+    from .workflows.run import run_pytest
+    from .workflows.selftests import selftests_pytest_args
 
     extra = list(args.pytest_args)
     if extra and extra[0] == "--":
@@ -137,25 +137,25 @@ def cmd_source_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .kernel.cli import build_main
+    from .workflows.build import build_main
 
     return build_main(args)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .results.compare import main
+    from .workflows.compare import main
 
     return main([str(args.base), str(args.new)])
 
 
 def cmd_splats(args: argparse.Namespace) -> int:
-    from .results.compare import splats_main
+    from .workflows.compare import splats_main
 
     return splats_main([str(args.file)])
 
 
 def cmd_host(args: argparse.Namespace) -> int:
-    from .host_cli import host_main
+    from .workflows.host import host_main
 
     return host_main(args)
 
@@ -314,9 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
             ph.add_argument("--no-reboot", action="store_true", help="remove the files but do not reboot")
         ph.set_defaults(func=cmd_host)
 
-    from .bench.cli import add_bench_parser
-
-    add_bench_parser(sub, _add_target_args, _target_options)
     return parser
 
 

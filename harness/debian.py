@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .arch import get_arch
 from .debian_pool import PinnedPackage
 from .errors import InfrastructureError
 from .locks import file_lock
@@ -28,15 +29,9 @@ APT_TIMEOUT_S = 600
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 LISTS_MAX_AGE_S = 24 * 3600
 
-# Debian architecture names for the harness's arch names.
-DEBIAN_ARCH = {"s390x": "s390x", "x86_64": "amd64", "amd64": "amd64"}
-
-
 def debian_arch(arch: str) -> str:
-    try:
-        return DEBIAN_ARCH[arch]
-    except KeyError:
-        raise InfrastructureError(f"no Debian architecture known for {arch!r}; use s390x or x86_64") from None
+    """Debian's name of an architecture (``x86_64`` -> ``amd64``); Debian's own names pass through."""
+    return get_arch(arch).debian_arch
 
 
 @dataclass

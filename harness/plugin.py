@@ -16,15 +16,12 @@ import pytest
 from . import __version__, progress, stages
 from .errors import HarnessError
 from .results.window import KernelLogWindow, can_read_kernel_log, splat_failure_message
+from .session import SessionTarget, find_holder, holder_of, install_holder
 from .signals import install_sigterm_handler
-from .stages import stage
 from .targets.base import Target
-from .targets.spec import DEFAULT_TARGET, TargetOptions, make_target
+from .targets.spec import DEFAULT_TARGET
 
 log = logging.getLogger(__name__)
-
-SESSION_KEY = "_kvm_holder"
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvm-harness", "KVM harness: target under test")
@@ -52,68 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_selftest_options(group)
 
 
-def target_options(config: pytest.Config) -> TargetOptions:
-    """Build TargetOptions from the command line."""
-    return TargetOptions(
-        kernel=config.getoption("--kvm-kernel"),
-        modules_dir=config.getoption("--kvm-modules"),
-        artifacts_dir=config.getoption("--kvm-artifacts"),
-        accel=config.getoption("--kvm-accel"),
-        boot_timeout=config.getoption("--kvm-boot-timeout"),
-        ssh_key=config.getoption("--kvm-ssh-key"),
-        known_hosts=config.getoption("--kvm-known-hosts"),
-        accept_new_host_key=config.getoption("--kvm-accept-new-host-key"),
-    )
-
-
-class _TargetHolder:
-    """Starts the session's target on first use and closes it at session end."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.target: Optional[Target] = None
-        self.error: Optional[HarnessError] = None
-        self.session_cursor: Optional[KernelLogWindow] = None
-        self.attributed: set[str] = set()
-        self.cursors: dict[int, int] = {}
-
-    def get(self) -> Target:
-        if self.error is not None:
-            pytest.fail(f"target unavailable: {self.error}", pytrace=False)
-        if self.target is None:
-            spec = self.config.getoption("--kvm-target")
-            target = make_target(spec, target_options(self.config))
-            try:
-                with stage(f"boot: {spec}"):
-                    target.start()
-            except HarnessError as err:
-                target.close()
-                self.error = err
-                pytest.fail(f"target unavailable: {err}", pytrace=False)
-            except BaseException:
-                target.close()
-                raise
-            self.target = target
-            if can_read_kernel_log(target):
-                self.session_cursor = KernelLogWindow(target)
-        return self.target
-
-    def close(self) -> None:
-        if self.target is not None:
-            self.target.close()
-            self.target = None
-
-
-def holder_of(config: pytest.Config) -> _TargetHolder:
-    return getattr(config, SESSION_KEY)
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm_pv: needs protected virtualization on the target")
     config.addinivalue_line(
         "markers", "kvm_expected_splat(*kinds): the test provokes kernel splats of these kinds on purpose")
-    setattr(config, SESSION_KEY, _TargetHolder(config))
+    install_holder(config)
     install_sigterm_handler()
     _progress_through_capture(config)
     _junit_keeps_kernel_log(config)
@@ -150,7 +91,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     mark = getattr(config, "_kvm_stage_mark", None)
     if mark is not None:
         stages.forget_since(mark)
-    holder = getattr(config, SESSION_KEY, None)
+    holder = find_holder(config)
     if holder is not None:
         holder.close()
 
@@ -230,7 +171,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         item.user_properties.append(("flaky", f"passed on retry; first attempt: {flaky}"))
 
 
-def _attach_window(item: pytest.Item, holder: _TargetHolder, result: Any) -> None:
+def _attach_window(item: pytest.Item, holder: SessionTarget, result: Any) -> None:
     """Keep a test's kernel log in its report (JUnit system-out) and its splats as properties."""
     item._kvm_window = result  # type: ignore[attr-defined]
     if result.text:
@@ -332,7 +273,7 @@ class _EchoToTerminal:
 def _write_timeline(terminalreporter: Any, config: pytest.Config) -> None:
     """The stages this run went through (source, build, image, boot, tests) with their wall times."""
     entries = stages.records(getattr(config, "_kvm_stage_mark", 0))
-    holder = getattr(config, SESSION_KEY, None)
+    holder = find_holder(config)
     ran_a_target = holder is not None and (holder.target is not None or holder.error is not None)
     if not entries or not (ran_a_target or config.getoption("--kvm-artifacts") is not None):
         return

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from .aliases import canonical
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,20 @@ class ArchSpec:
 
 
 def get_arch(name: str) -> ArchSpec:
-    """Return the ArchSpec for ``s390x`` or ``x86_64`` (``amd64`` accepted)."""
+    """Return the ArchSpec for ``s390x`` or ``x86_64`` (any spelling in :mod:`.aliases` accepted)."""
     from .s390x import S390X
     from .x86_64 import X86_64
 
-    table = {"s390x": S390X, "x86_64": X86_64, "amd64": X86_64}
+    table = {"s390x": S390X, "x86_64": X86_64}
     try:
-        return table[name]
+        return table[canonical(name)]
     except KeyError:
         raise UsageError(f"unknown guest architecture {name!r}: use s390x or x86_64") from None
 
 
-__all__ = ["ArchSpec", "get_arch"]
+def host_arch() -> str:
+    """This machine's architecture in the harness's spelling (``x86_64``, ``s390x``, ...)."""
+    return canonical(platform.machine())
+
+
+__all__ = ["ArchSpec", "canonical", "get_arch", "host_arch"]

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..arch import get_arch, host_arch
 from ..errors import InfrastructureError
 from ..locks import file_lock
 from ..paths import cache_subdir
@@ -33,11 +33,7 @@ from .worktree import PreparedSource, open_repo, prepare, prepare_in_place, repo
 
 log = logging.getLogger(__name__)
 
-IMAGE = {"s390": "arch/s390/boot/bzImage", "x86": "arch/x86/boot/bzImage"}
-CROSS_PREFIX = {"s390x": "s390x-linux-gnu-", "x86_64": "x86_64-linux-gnu-"}
-CROSS_PACKAGE = {"s390x": "gcc-s390x-linux-gnu", "x86_64": "gcc-x86-64-linux-gnu"}
 HOST_TOOLS = {"make": "make", "flex": "flex", "bison": "bison", "bc": "bc"}
-_HOST_ARCH = {"amd64": "x86_64", "x86_64": "x86_64", "s390x": "s390x"}
 _WARNING = re.compile(r"^(\S+?):(\d+):(?:(\d+):)? warning: (.*)$")
 _MODPOST = re.compile(r"^WARNING: (modpost: .*)$")
 _ERROR = re.compile(r"(: error: |: fatal error: |^make(\[\d+\])?: \*\*\* |undefined reference to|^ERROR: )")
@@ -77,13 +73,10 @@ class Toolchain:
         return hashlib.sha256(f"{self.cross_compile}\0{self.version}".encode()).hexdigest()[:8]
 
 
-def host_arch() -> str:
-    return _HOST_ARCH.get(platform.machine(), platform.machine())
-
-
 def detect_toolchain(arch: str) -> Toolchain:
     """Find the (cross) compiler for ``arch``; raise naming the Debian package when it is missing."""
     kernel_arch(arch)  # validates the arch name
+    spec = get_arch(arch)
     for tool, package in HOST_TOOLS.items():
         if shutil.which(tool) is None:
             raise KernelInputError(f"{tool} not found: install the Debian package {package} "
@@ -94,11 +87,11 @@ def detect_toolchain(arch: str) -> Toolchain:
     elif host_arch() == arch:
         cross = ""
     else:
-        cross = CROSS_PREFIX.get(arch, f"{arch}-linux-gnu-")
+        cross = spec.cross_compile
     gcc = f"{cross}gcc"
     for tool in (gcc, f"{cross}ld"):
         if shutil.which(tool) is None:
-            package = CROSS_PACKAGE.get(arch, "gcc") if cross else "gcc"
+            package = spec.cross_package if cross else "gcc"
             raise KernelInputError(f"{tool} not found: install the Debian package {package} "
                                    f"(apt-get install {package}) to build {arch} kernels")
     try:
@@ -256,7 +249,7 @@ def _build(src: PreparedSource, p: BuildPlan, config: ConfigRequest, toolchain: 
     cfg = make_config(src.tree, p.obj, config, make)
     final = requested_options(cfg.read_text())
     modules = final.get("CONFIG_MODULES") == "y"
-    image_rel = IMAGE[toolchain.karch]
+    image_rel = get_arch(toolchain.arch).kernel_image
     targets = [Path(image_rel).name] + (["modules"] if modules else [])
     log_path = p.out / "build.log"
     jobs = jobs or os.cpu_count() or 1

@@ -7,20 +7,18 @@ import logging
 import subprocess
 from pathlib import Path
 
-from ..errors import InfrastructureError
+from ..arch import get_arch
+from ..errors import InfrastructureError, UsageError
 from ..paths import cache_subdir
 from .source import check_kernel_tree
 
 log = logging.getLogger(__name__)
 
-KERNEL_ARCH = {"s390x": "s390", "x86_64": "x86", "amd64": "x86", "s390": "s390", "x86": "x86"}
-
-
 def kernel_arch(arch: str) -> str:
-    """Map a harness arch name (s390x, x86_64) to the kernel's ARCH= value."""
+    """Map a harness arch name (s390x, x86_64; or the kernel's own s390, x86) to the kernel's ARCH= value."""
     try:
-        return KERNEL_ARCH[arch]
-    except KeyError:
+        return get_arch(arch).linux_arch
+    except UsageError:
         raise InfrastructureError(f"unknown architecture {arch!r}: use s390x or x86_64") from None
 
 

@@ -12,7 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 
 HERE = Path(__file__).parent
-MODULES = ("agent.py", "uapi.py")
+# name in the zipapp -> source file
+MODULES = {"agent.py": HERE / "agent.py", "uapi.py": HERE / "uapi.py",
+           "arch_aliases.py": HERE.parent / "arch" / "aliases.py"}
 MAIN = "import sys\nimport agent\nsys.exit(agent.main())\n"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -22,7 +24,7 @@ def bundle_bytes() -> bytes:
     """The zipapp: ``__main__.py`` plus the agent and ABI modules as top-level modules."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, text in [("__main__.py", MAIN)] + [(m, (HERE / m).read_text()) for m in MODULES]:
+        for name, text in [("__main__.py", MAIN)] + [(name, path.read_text()) for name, path in MODULES.items()]:
             info = zipfile.ZipInfo(name, date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED

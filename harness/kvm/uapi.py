@@ -13,6 +13,18 @@ import enum
 import errno as _errno
 from typing import Dict, Optional, Tuple
 
+try:  # inside the harness package
+    from ..arch.aliases import canonical
+except ImportError:
+    try:  # shipped in the agent's zipapp, which carries harness/arch/aliases.py as arch_aliases.py
+        from arch_aliases import canonical  # type: ignore[no-redef]
+    except ImportError:  # run as a script from the source tree (python -I harness/kvm/agent.py)
+        import os as _os
+        import sys as _sys
+
+        _sys.path.insert(0, _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), _os.pardir, "arch"))
+        from aliases import canonical  # type: ignore[no-redef]
+
 # --- ioctl request encoding (include/uapi/asm-generic/ioctl.h) ---------------------------------------
 
 IOC_NRBITS = 8
@@ -29,12 +41,9 @@ IOC_READ = 2
 
 # Architectures whose ioctl numbers use the asm-generic layout above (powerpc, mips, sparc and alpha differ).
 GENERIC_IOC_ARCHES = ("x86_64", "s390x", "aarch64", "riscv64")
-ARCH_ALIASES = {"amd64": "x86_64", "s390": "s390x", "x86": "x86_64", "arm64": "aarch64"}
-
-
 def normalise_arch(arch: str) -> str:
     """Map uname/Debian/kernel spellings (amd64, s390, arm64) to the harness's (x86_64, s390x, aarch64)."""
-    return ARCH_ALIASES.get(arch, arch)
+    return canonical(arch)
 
 
 def check_ioc_arch(arch: str) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from ..session import find_holder
+
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "flaky")
 RAN = ("passed", "failed", "error", "xfailed", "xpassed", "flaky")
 DISAGREE = ("failed", "error", "xpassed")
@@ -88,7 +90,7 @@ def headline(config: pytest.Config, stats: Dict[str, List[Any]]) -> Optional[str
 
 
 def is_model_run(config: pytest.Config) -> bool:
-    holder = getattr(config, "_kvm_holder", None)
+    holder = find_holder(config)
     target = getattr(holder, "target", None)
     if target is not None:
         return getattr(target, "kind", "") == "model"
@@ -113,7 +115,7 @@ def record_headline(session: pytest.Session) -> None:
 
 def write_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Print a short table; only when the run used a KVM target."""
-    holder = getattr(config, "_kvm_holder", None)
+    holder = find_holder(config)
     if holder is None or (holder.target is None and holder.error is None):
         return
     stats = terminalreporter.stats

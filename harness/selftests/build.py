@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from ..arch import canonical, get_arch
 from ..errors import InfrastructureError, UsageError
 from ..kernel.headers import installed_headers, kernel_arch, tree_identity
 from ..kernel.source import check_kernel_tree
@@ -33,6 +34,8 @@ from ..locks import file_lock, try_file_lock
 from ..paths import cache_subdir
 
 log = logging.getLogger(__name__)
+
+SELFTEST_ARCHES = ("s390x", "x86_64")
 
 BUILD_FORMAT = 1
 """Bumped whenever the build recipe changes, so older cache entries are not reused."""
@@ -60,7 +63,6 @@ _TOOLS_DIRS = ("tools/include", "tools/arch", "tools/build", "tools/lib", "tools
 _SELFTEST_DIRS = ("kvm", "rseq")
 _TOP_FILES = ("scripts/subarch.include",)
 
-HARNESS_ARCHES = {"s390x": "s390x", "s390": "s390x", "x86_64": "x86_64", "x86": "x86_64", "amd64": "x86_64"}
 
 
 @dataclass(frozen=True)
@@ -106,17 +108,17 @@ class Toolchain:
 
 def harness_arch(arch: str) -> str:
     """Normalise an arch name to ``s390x`` or ``x86_64``."""
-    try:
-        return HARNESS_ARCHES[arch]
-    except KeyError:
-        raise UsageError(f"cannot build KVM selftests for {arch!r}: use s390x or x86_64") from None
+    name = canonical(arch)
+    if name not in SELFTEST_ARCHES:
+        raise UsageError(f"cannot build KVM selftests for {arch!r}: use s390x or x86_64")
+    return name
 
 
 def cross_prefix(arch: str, host: Optional[str] = None) -> str:
     """``CROSS_COMPILE`` value to build for ``arch`` on ``host`` (empty when native)."""
     arch = harness_arch(arch)
-    host = harness_arch(host or platform.machine())
-    return "" if arch == host else f"{arch}-linux-gnu-"
+    host = canonical(host or platform.machine())
+    return "" if arch == host else get_arch(arch).cross_compile
 
 
 def find_toolchain(arch: str) -> Toolchain:
@@ -124,7 +126,7 @@ def find_toolchain(arch: str) -> Toolchain:
     prefix = cross_prefix(arch)
     gcc = f"{prefix}gcc"
     if shutil.which(gcc) is None:
-        package = f"gcc-{harness_arch(arch).replace('_', '-')}-linux-gnu" if prefix else "gcc"
+        package = get_arch(arch).cross_package if prefix else "gcc"
         raise InfrastructureError(f"{gcc} not found: install {package} (apt-get install {package})")
     proc = _run([gcc, "--version"], f"{gcc} --version", TOOL_TIMEOUT_S, capture_output=True, text=True)
     first = proc.stdout.splitlines()[0] if proc.stdout else gcc

@@ -300,7 +300,7 @@ class SelftestItem(pytest.Item):
         self._reported = False
 
     def setup(self) -> None:
-        from ..plugin import holder_of
+        from ..session import holder_of
 
         self.kvm_target = holder_of(self.config).get()
         _record_facts_once(self.config, self.kvm_target)

@@ -7,29 +7,13 @@ import logging
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+
+from ..command import CommandResult, OutputCallback
 
 log = logging.getLogger(__name__)
 
-OutputCallback = Callable[[str, str], None]
-"""Called with (stream name ``"stdout"``/``"stderr"``, text chunk) while a command runs."""
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What one command on a target produced."""
-
-    command: str
-    exit_status: int
-    stdout: str
-    stderr: str
-    duration_s: float
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_status == 0 and not self.timed_out
-
+__all__ = ["CommandResult", "OutputCallback", "Target", "TargetFacts"]
 
 @dataclass
 class TargetFacts:

@@ -27,8 +27,8 @@ from typing import Any, Optional
 import paramiko
 
 from ..errors import BootError, InfrastructureError
-from ..targets.base import CommandResult, OutputCallback, Target, TargetFacts
-from ..targets.spec import TargetOptions
+from .base import CommandResult, OutputCallback, Target, TargetFacts
+from .spec import TargetOptions
 from ..transport.heartbeat import REMOTE_SILENCE_S, HeldCommand
 from ..transport.session import keeper_command
 from ..transport.ssh import SshClient
@@ -85,7 +85,7 @@ def nested_skip_reason(info: NestedHostInfo, guest_arch: str = "s390x") -> Optio
 def nested_qemu_argv(arch: str, options: TargetOptions, remote_dir: str, port: int, host_cpus: int,
                      binary: str = "qemu-system-s390x") -> list[str]:
     """QemuTarget's command line for a guest on the host: accel kvm, console in ``remote_dir/console.log``."""
-    from ..targets.qemu import QemuTarget
+    from .qemu import QemuTarget
 
     image = RemoteImage(kernel=f"{remote_dir}/vmlinuz", initrd=f"{remote_dir}/initrd.img")
     shaped = QemuTarget(arch, options, image=image)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
+from ..arch import canonical
 from ..errors import UsageError
-from .base import Target
 
 DEFAULT_TARGET = "qemu:s390x"
 QEMU_ARCHES = ("s390x", "x86_64")
@@ -59,9 +59,7 @@ def parse_target_spec(spec: str) -> TargetSpec:
     if spec in ("local", "model"):
         return TargetSpec(kind=spec)
     if spec.startswith("qemu"):
-        arch = spec.partition(":")[2] or "s390x"
-        if arch == "amd64":
-            arch = "x86_64"
+        arch = canonical(spec.partition(":")[2] or "s390x")
         if arch not in QEMU_ARCHES:
             raise UsageError(f"unknown QEMU architecture {arch!r} in target {spec!r}: {accepted}")
         return TargetSpec(kind="qemu", arch=arch)
@@ -82,29 +80,3 @@ def parse_target_spec(spec: str) -> TargetSpec:
                               port=port)
         return TargetSpec(kind="ssh", user=url.username or "root", host=url.hostname, port=port)
     raise UsageError(f"unknown target {spec!r}: {accepted}")
-
-
-def make_target(spec: str, options: Optional[TargetOptions] = None) -> Target:
-    """Create (but do not start) the target a spec names."""
-    parsed = parse_target_spec(spec)
-    options = options or TargetOptions()
-    if parsed.kind == "local":
-        from .local import LocalTarget
-
-        return LocalTarget()
-    if parsed.kind == "model":
-        from .model import ModelTarget
-
-        return ModelTarget()
-    if parsed.kind == "qemu":
-        from .qemu import QemuTarget
-
-        return QemuTarget(parsed.arch, options)
-    from .ssh_host import SshHostTarget
-
-    if parsed.kind == "nested":
-        from ..hostops.nested import NestedQemuTarget
-
-        host_spec = TargetSpec(kind="ssh", user=parsed.user, host=parsed.host, port=parsed.port)
-        return NestedQemuTarget(SshHostTarget(host_spec, options), None, options, arch=parsed.arch, owns_host=True)
-    return SshHostTarget(parsed, options)

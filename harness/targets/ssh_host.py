@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 import paramiko
 
 from ..errors import BootError, InfrastructureError, UsageError
-from ..hostops.known_hosts import (
+from ..transport.known_hosts import (
     VerifyPolicy,
     default_known_hosts,
     host_entry_name,

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import paramiko
 
-from ..targets.base import OutputCallback
+from ..command import OutputCallback
 
 log = logging.getLogger(__name__)
 

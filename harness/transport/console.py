@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence, Union
 import pexpect
 
 from ..errors import BootError, InfrastructureError
-from ..targets.base import CommandResult
+from ..command import CommandResult
 from .panic import ConsoleScanner, KernelPanic, is_printk, seconds, summarize
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -11,19 +9,13 @@ from typing import Optional
 
 import paramiko
 
-from ..transport.ssh import SshError
+from .ssh import SshError, fingerprint
 
 log = logging.getLogger(__name__)
 
 
 class HostKeyError(SshError):
     """The host's key is unknown or does not match the known one (never retried)."""
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH's ``SHA256:<base64, no padding>`` fingerprint."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def host_entry_name(host: str, port: int) -> str:

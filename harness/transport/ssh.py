@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence, Union
 import paramiko
 
 from ..errors import BootError, InfrastructureError, UsageError
-from ..targets.base import CommandResult, OutputCallback
+from ..command import CommandResult, OutputCallback
 from .cmdshell import ENV_MARK, CommandShell, ShellGone, kill_script
 from .heartbeat import DEAD_AFTER_S, KEEPALIVE_S, Heartbeat, HeldCommand
 from .panic import seconds

@@ -39,9 +39,9 @@ def _request(args: argparse.Namespace) -> BisectRequest:
 
 
 def bisect_main(args: argparse.Namespace) -> int:
-    from ..kernel.cli import arch_of_target
+    from .build import arch_of_target
     from ..kernel.config import ConfigRequest
-    from ..run import new_artifacts_dir
+    from .run import new_artifacts_dir
     from ..signals import install_sigterm_handler
 
     install_sigterm_handler()

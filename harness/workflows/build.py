@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..errors import HarnessError
-from .build import KernelBuild, build_kernel, host_arch
-from .config import ConfigRequest
-from .series import load_series
-from .worktree import checked_tree
+from ..kernel.build import KernelBuild, build_kernel, host_arch
+from ..kernel.config import ConfigRequest
+from ..kernel.series import load_series
+from ..kernel.worktree import checked_tree
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def _default_tree(tree: Optional[Path]) -> Path:
     if tree is not None:
         return checked_tree(Path(tree))
-    from .source import linux_source
+    from ..kernel.source import linux_source
 
     return linux_source()
 

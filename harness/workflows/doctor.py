@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Tuple, Union
 
-from .errors import HarnessError
+from ..errors import HarnessError
 
 
 Problem = Union[str, Tuple[str, str]]
@@ -36,7 +36,7 @@ def _binary(name: str) -> Callable[[], Optional[str]]:
 
 
 def _dev_kvm() -> Optional[str]:
-    from .accel import kvm_status
+    from ..accel import kvm_status
 
     usable, reason = kvm_status()
     return None if usable else reason
@@ -44,8 +44,8 @@ def _dev_kvm() -> Optional[str]:
 
 def _mirror_serves_lock() -> Optional[str]:
     from guest_images.resolve import lock_path, refresh_command
-    from .debian_lock import load_lock
-    from .debian_pool import file_url, is_served, mirrors_from
+    from ..debian_lock import load_lock
+    from ..debian_pool import file_url, is_served, mirrors_from
 
     try:
         kernel = load_lock(lock_path("s390x")).kernel()
@@ -85,7 +85,7 @@ def _toolchain_checks() -> list[Check]:
 
 def _default_tree() -> Optional[Path]:
     """The tree ``kvmh source get`` unpacked, when it has been (doctor downloads nothing this large)."""
-    from .kernel.source import cached_tree
+    from ..kernel.source import cached_tree
 
     return cached_tree()
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .arch import get_arch
+from ..arch import get_arch
 
 PROGRAM = r"""
 #include <stdio.h>

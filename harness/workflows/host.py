@@ -6,8 +6,8 @@ import argparse
 import logging
 import time
 
-from .errors import EXIT_OK, EXIT_USAGE, UsageError
-from .targets.spec import TargetOptions, parse_target_spec
+from ..errors import EXIT_OK, EXIT_USAGE, UsageError
+from ..targets.spec import TargetOptions, parse_target_spec
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def _options(args: argparse.Namespace) -> TargetOptions:
 
 def host_main(args: argparse.Namespace) -> int:
     """Entry point of ``kvmh host``; returns the exit status (errors are raised as HarnessError)."""
-    from .targets.ssh_host import SshHostTarget
+    from ..targets.ssh_host import SshHostTarget
 
     action = getattr(args, "host_command", None)
     if action not in ("install", "restore"):
@@ -48,7 +48,7 @@ def host_main(args: argparse.Namespace) -> int:
 
 
 def _install(target, args: argparse.Namespace, options: TargetOptions) -> int:
-    from .hostops import install_kernel
+    from ..hostops import install_kernel
 
     method = getattr(args, "method", "kexec") or "kexec"
     started = time.monotonic()
@@ -68,7 +68,7 @@ def _install(target, args: argparse.Namespace, options: TargetOptions) -> int:
 
 
 def _restore(target, options: TargetOptions, reboot: bool = True) -> int:
-    from .hostops import restore
+    from ..hostops import restore
 
     result = restore(target, reboot=reboot, deadline=time.monotonic() + options.boot_timeout)
     if result.nothing_to_do:

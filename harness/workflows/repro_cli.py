@@ -39,7 +39,7 @@ def _tree(args: argparse.Namespace) -> Optional[Path]:
 
 
 def repro_main(args: argparse.Namespace) -> int:
-    from ..run import new_artifacts_dir
+    from .run import new_artifacts_dir
     from ..signals import install_sigterm_handler
 
     install_sigterm_handler()
@@ -79,7 +79,7 @@ def repro_main(args: argparse.Namespace) -> int:
 
 
 def _target_arch(spec: str) -> str:
-    from ..kernel.cli import arch_of_target
+    from .build import arch_of_target
 
     return arch_of_target(spec)
 
@@ -87,7 +87,7 @@ def _target_arch(spec: str) -> str:
 def _kernel(args: argparse.Namespace, report: Report, arch: str) -> tuple[Optional[Path], Optional[Path]]:
     if args.kernel is not None or args.tree is None:
         return args.kernel, args.modules
-    from ..kernel.cli import build_for_run
+    from .build import build_for_run
 
     base = None
     if report.commit:
@@ -105,7 +105,8 @@ def _kernel(args: argparse.Namespace, report: Report, arch: str) -> tuple[Option
 
 
 def _run_on_target(args: argparse.Namespace, spec: str, kernel, report: Report, payload: Path, out: Path):
-    from ..targets.spec import TargetOptions, make_target
+    from ..targets.spec import TargetOptions
+    from ..targets.factory import make_target
 
     options = TargetOptions(kernel=kernel[0], modules_dir=kernel[1], artifacts_dir=out, accel=args.accel,
                             boot_timeout=args.boot_timeout, ssh_key=args.ssh_key, known_hosts=args.known_hosts,

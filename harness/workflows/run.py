@@ -14,10 +14,12 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import pytest
 
-from . import stages
-from .errors import EXIT_INFRA, EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE, HarnessError, UsageError
-from .signals import install_sigterm_handler
-from .targets.spec import TargetOptions, make_target, parse_target_spec
+from .. import stages
+from ..errors import EXIT_INFRA, EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE, HarnessError, UsageError
+from ..session import find_holder
+from ..signals import install_sigterm_handler
+from ..targets.spec import TargetOptions, parse_target_spec
+from ..targets.factory import make_target
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ def run_pytest(args: list[str], *, artifacts_root: Optional[Path], target: str,
 def exit_status_for(pytest_status: int, config: Optional[pytest.Config]) -> int:
     """Map a pytest exit status (and any infrastructure error the plugin saw) to kvmh's exit status."""
     infra = getattr(config, "_kvm_infra_error", None) if config is not None else None
-    holder = getattr(config, "_kvm_holder", None) if config is not None else None
+    holder = find_holder(config)
     if infra is None and holder is not None:
         infra = holder.error
     if infra is not None:
@@ -203,7 +205,7 @@ def _main_job_logged(args: argparse.Namespace, target_args: Callable[[argparse.N
     if args.series:
         if args.kernel is not None:
             raise UsageError("--series builds its own kernel: drop --kernel, or drop --series to boot --kernel")
-        from .kernel.cli import build_for_run
+        from .build import build_for_run
 
         try:
             build = build_for_run(args)
@@ -227,7 +229,7 @@ def _main_job_logged(args: argparse.Namespace, target_args: Callable[[argparse.N
 
 def _report_infra_failure(artifacts: Path, args: argparse.Namespace, stage: str, err: HarnessError) -> None:
     """Leave a JUnit file naming the failed stage, so CI dashboards show why no test ran."""
-    from .results.infra_junit import write_infra_failure
+    from ..results.infra_junit import write_infra_failure
 
     properties = {"target": args.target, "tree": str(args.tree or "linux-source-6.12"), "series": str(args.series)}
     write_infra_failure(artifacts / "junit.xml", stage, str(err), err.details, properties)

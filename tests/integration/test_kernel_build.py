@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.kernel.cli import build
+from harness.workflows.build import build
 from harness.kernel.config import requested_options
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -114,7 +114,8 @@ def test_unchanged_input_is_not_rebuilt(built, linux_tree: Path) -> None:
 
 
 def test_boots_and_shows_the_series(built, tmp_path: Path) -> None:
-    from harness.targets.spec import TargetOptions, make_target
+    from harness.targets.spec import TargetOptions
+    from harness.targets.factory import make_target
 
     if shutil.which("qemu-system-s390x") is None:
         pytest.skip("qemu-system-s390x not installed (Debian package qemu-system-misc)")

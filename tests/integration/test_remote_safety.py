@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from harness.hostops import nested
+from harness.targets import nested_qemu as nested
 from harness.kvm import bundle
 from harness.kvm.runner import AgentRunner
 from harness.selftests.build import SelftestBuild
@@ -241,7 +241,7 @@ def test_planted_fixed_paths_are_never_used_written_or_signalled(guest: QemuTarg
 
 HARNESS = r'''
 import sys, threading, time, types
-from harness.hostops import nested
+from harness.targets import nested_qemu as nested
 from harness.targets.spec import TargetOptions, parse_target_spec
 from harness.targets.ssh_host import SshHostTarget
 port, key, known, stand_in, kernel, initrd, pub = sys.argv[1:8]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness.selftests.build import SelftestBuild, build_selftests
-from harness.selftests.cli import selftest_pytest_args
+from harness.workflows.selftests import selftest_pytest_args
 from harness.selftests.expectations import Expectations, write_expectations
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

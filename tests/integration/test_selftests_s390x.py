@@ -171,7 +171,7 @@ def test_every_program_is_reported_in_the_s390x_guest(s390x_build: SelftestBuild
     reason = _qemu_s390x_reason()
     if reason:
         pytest.skip(reason)
-    from harness.selftests.cli import selftest_pytest_args
+    from harness.workflows.selftests import selftest_pytest_args
 
     junit = tmp_path / "junit.xml"
     args = selftest_pytest_args(junitxml=junit) + [

@@ -17,9 +17,10 @@ import pytest
 from harness.cli import main as kvmh_main
 from harness.errors import EXIT_INFRA, HarnessError, InfrastructureError
 from harness.hostops import install_kernel
-from harness.hostops.known_hosts import fingerprint
+from harness.transport.known_hosts import fingerprint
 from harness.hostops.record import HostLayout
-from harness.targets.spec import TargetOptions, make_target, parse_target_spec
+from harness.targets.spec import TargetOptions, parse_target_spec
+from harness.targets.factory import make_target
 from harness.targets.ssh_host import SshHostTarget
 from harness.transport.ssh import parse_public_key
 

@@ -17,7 +17,8 @@ import pytest
 from harness.hostops import install_kernel, restore
 from harness.hostops.boot import TOKEN_PARAM
 from harness.hostops.record import HostLayout
-from harness.targets.spec import TargetOptions, make_target, parse_target_spec
+from harness.targets.spec import TargetOptions, parse_target_spec
+from harness.targets.factory import make_target
 from harness.targets.ssh_host import SshHostTarget
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,7 +59,7 @@ def _console_tail(guest) -> str:
 
 def test_forwarded_ssh_reaches_a_server_on_the_hosts_loopback(guest, tmp_path: Path) -> None:
     """The nested-guest path: SSH to a server on the host's 127.0.0.1 through a direct-tcpip channel."""
-    from harness.hostops.nested import ForwardedSshClient
+    from harness.targets.nested_qemu import ForwardedSshClient
 
     host = host_of(guest, tmp_path)
     with host:

@@ -173,7 +173,7 @@ def test_the_bundle_runs_standalone_and_is_reproducible(tmp_path: Path) -> None:
     path = bundle.write_bundle(tmp_path)
     assert bundle.bundle_bytes.__wrapped__() == bundle.bundle_bytes.__wrapped__()
     with zipfile.ZipFile(path) as zf:
-        assert sorted(zf.namelist()) == ["__main__.py", "agent.py", "uapi.py"]
+        assert sorted(zf.namelist()) == ["__main__.py", "agent.py", "arch_aliases.py", "uapi.py"]
         assert zf.read("uapi.py") == Path(agent.__file__).with_name("uapi.py").read_bytes()
     code, records, stderr, _ = run_agent({"steps": [{"op": "sleep", "ms": 1, "name": "s"}]}, bundle_path=path)
     assert code == 0 and by_name(records, "s")["ret"] == 0, stderr
@@ -183,14 +183,15 @@ def test_the_bundle_runs_standalone_and_is_reproducible(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(sys, "stdlib_module_names"), reason="needs Python 3.10+ to list stdlib modules")
 def test_agent_source_is_python39_syntax_and_imports_only_the_stdlib() -> None:
-    for name in ("agent.py", "uapi.py"):
-        tree = ast.parse(AGENT.with_name(name).read_text(), feature_version=(3, 9))
+    for path in (AGENT, AGENT.with_name("uapi.py"), AGENT.parents[1] / "arch" / "aliases.py"):
+        tree = ast.parse(path.read_text(), feature_version=(3, 9))
         for node in ast.walk(tree):
+            shipped = ("uapi", "arch_aliases", "aliases")  # the bundle's own modules
             if isinstance(node, ast.ImportFrom) and node.level == 0:
-                assert node.module.split(".")[0] in sys.stdlib_module_names, node.module
+                assert node.module.split(".")[0] in (*sys.stdlib_module_names, *shipped), node.module
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    assert alias.name in sys.stdlib_module_names or alias.name == "uapi", alias.name
+                    assert alias.name in sys.stdlib_module_names or alias.name in shipped, alias.name
 
 
 def _find_python(version: str) -> Optional[str]:

@@ -6,7 +6,7 @@ import pytest
 
 from harness import cli
 from harness.errors import EXIT_INFRA, EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE, UsageError
-from harness.run import exit_status_for, new_artifacts_dir
+from harness.workflows.run import exit_status_for, new_artifacts_dir
 from harness.targets.spec import parse_target_spec
 
 
@@ -63,7 +63,7 @@ def test_artifacts_dirs_are_fresh(tmp_path) -> None:
 
 
 def test_doctor_names_a_package_for_each_gap(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness import doctor
+    from harness.workflows import doctor
 
     monkeypatch.setattr(doctor.shutil, "which", lambda name: None if name == "qemu-system-s390x" else "/bin/x")
     lines: list[str] = []

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from junitparser import JUnitXml, TestSuite
 
-from harness.results.compare import compare_files, exit_status, format_comparison, main, splats_main
+from harness.results.compare import compare_files, exit_status, format_comparison
+from harness.workflows.compare import main, splats_main
 from harness.results.junit_read import SESSION, JUnitError, read_junit, splat_key
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -650,7 +650,7 @@ def test_zipl_on_a_host_that_is_not_s390x(layout: HostLayout, tmp_path: Path) ->
 
 
 def test_nested_skip_reasons() -> None:
-    from harness.hostops.nested import NestedHostInfo, nested_skip_reason
+    from harness.targets.nested_qemu import NestedHostInfo, nested_skip_reason
 
     assert nested_skip_reason(NestedHostInfo("s390x", False, "/usr/bin/qemu-system-s390x", 4)) == \
         "host has no /dev/kvm"
@@ -660,7 +660,7 @@ def test_nested_skip_reasons() -> None:
 
 
 def test_nested_probe_on_this_machine_gives_a_reason_or_none() -> None:
-    from harness.hostops.nested import nested_skip_reason, probe_nested
+    from harness.targets.nested_qemu import nested_skip_reason, probe_nested
 
     info = probe_nested(LocalTarget())
     assert info.arch == os.uname().machine and info.cpus >= 1
@@ -668,7 +668,7 @@ def test_nested_probe_on_this_machine_gives_a_reason_or_none() -> None:
 
 
 def test_nested_qemu_command_line_is_the_qemu_targets_with_kvm_and_a_console_file() -> None:
-    from harness.hostops.nested import nested_qemu_argv
+    from harness.targets.nested_qemu import nested_qemu_argv
     from harness.targets.spec import TargetOptions
 
     argv = nested_qemu_argv("s390x", TargetOptions(memory_mb=1024, extra_cmdline="kvmh.x=1"),
@@ -685,7 +685,7 @@ def test_nested_qemu_command_line_is_the_qemu_targets_with_kvm_and_a_console_fil
 
 
 def test_nested_target_refuses_a_host_without_kvm(tmp_path: Path) -> None:
-    from harness.hostops.nested import NestedQemuTarget
+    from harness.targets.nested_qemu import NestedQemuTarget
 
     class NoKvmHost(LocalTarget):
         def run(self, command: str, timeout: float = 60.0, **kw):  # type: ignore[no-untyped-def]

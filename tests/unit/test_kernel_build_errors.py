@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import EXIT_INFRA, HarnessError
-from harness.kernel import cli as kcli
+from harness.workflows import build as kcli
 from harness.kernel import worktree
 from harness.kernel.build import BuildError, detect_toolchain, first_errors, host_arch, parse_warnings, warning_key
 from harness.kernel.series import KernelInputError, load_series

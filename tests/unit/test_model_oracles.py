@@ -19,7 +19,7 @@ from harness.kvm.scenarios import (
     pv_guest, create_vm, vcpu,
 )
 from harness.kvm.warns import PROTVIRT_WARNS
-from harness.targets.spec import make_target
+from harness.targets.factory import make_target
 
 PREPARE, PERFORM = "ASYNC_CLEANUP_PREPARE", "ASYNC_CLEANUP_PERFORM"
 PV_612 = model_host_caps()

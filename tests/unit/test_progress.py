@@ -86,10 +86,10 @@ def test_quiet_prints_only_the_summary_and_verbose_shows_debug(tmp_path: Path) -
     assert quiet.stderr == ""
     verbose = _kvmh(["test", "--target", "model", "-v"], tmp_path)
     assert verbose.returncode == 0
-    assert "DEBUG harness.run: pytest " in verbose.stderr
+    assert "DEBUG harness.workflows.run: pytest " in verbose.stderr
     logs = sorted((tmp_path / "kvmh-artifacts").glob("*/kvmh.log"))
     assert len(logs) == 2
     for log in logs:
-        assert " DEBUG harness.run: pytest " in log.read_text(), log
+        assert " DEBUG harness.workflows.run: pytest " in log.read_text(), log
     stages_json = json.loads(sorted((tmp_path / "kvmh-artifacts").glob("*/stages.json"))[0].read_text())
     assert [s["name"] for s in stages_json][0] == "boot: model"

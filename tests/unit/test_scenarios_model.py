@@ -18,7 +18,7 @@ from harness.kvm.runner import AgentRunner, ScenarioResult, run_agent, run_scena
 from harness.kvm.scenarios import LIFECYCLE_SCENARIOS, PV_SCENARIOS, SCENARIOS, scenario
 from harness.targets.base import CommandResult, Target
 from harness.targets.model import ModelTarget
-from harness.targets.spec import make_target
+from harness.targets.factory import make_target
 
 
 @pytest.fixture

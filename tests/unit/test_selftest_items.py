@@ -89,6 +89,7 @@ import json
 from pathlib import Path
 
 import pytest
+from harness.session import holder_of
 
 from harness.selftests import pytest_items
 from harness.selftests.build import SelftestBuild
@@ -144,7 +145,7 @@ _saved = pytest_items.build_selftests
 
 
 def pytest_sessionstart(session):
-    session.config._kvm_holder.target = FakeTarget()
+    holder_of(session.config).target = FakeTarget()
     programs = tuple(RECORDED)
     build = SelftestBuild(arch="s390x", tree=Path("/nonexistent"), out_dir=Path("/nonexistent/out"),
                           programs=programs, timeout_s=120.0, key="fakekey", compiler="gcc", tree_id="t")

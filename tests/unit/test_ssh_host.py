@@ -15,8 +15,9 @@ import pytest
 
 from harness.cli import main as kvmh_main
 from harness.errors import EXIT_INFRA, EXIT_USAGE, InfrastructureError, UsageError
-from harness.hostops.known_hosts import HostKeyError, fingerprint
-from harness.targets.spec import TargetOptions, make_target, parse_target_spec
+from harness.transport.known_hosts import HostKeyError, fingerprint
+from harness.targets.spec import TargetOptions, parse_target_spec
+from harness.targets.factory import make_target
 from harness.targets.ssh_host import AuthFailed, HostUnreachable, SshHostTarget, accelerator_label
 
 UNPRIVILEGED = "nobody-user"

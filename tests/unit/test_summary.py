@@ -57,6 +57,7 @@ FAKE_NO_KVM_CONFTEST = '''
 import pytest
 from harness.kvm.caps import Capabilities
 from harness.results.summary import CAPS_KEY
+from harness.session import holder_of
 from harness.targets.base import CommandResult, Target, TargetFacts
 
 
@@ -77,7 +78,7 @@ class NoKvmTarget(Target):
 @pytest.fixture(scope="session")
 def kvm_target(request):
     target = NoKvmTarget()
-    request.config._kvm_holder.target = target
+    holder_of(request.config).target = target
     request.config.stash[CAPS_KEY] = Capabilities(arch="s390x", kernel_release="6.12.0", has_kvm=False,
                                                   has_sie=False)
     return target
