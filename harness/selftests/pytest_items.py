@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 _PROGS_LINE = re.compile(r"^TEST_GEN_PROGS_(\w+)\s*\+?=\s*(.*)$")
 SUITE_NAME = "kvm-selftests"
+SETUP_FAILED = "the KVM selftest build failed"
+"""How an item of a suite whose build failed begins its error message (a bisect reads it as the test failing)."""
 MARKER_SUFFIX = ".kvmh"
 OUTPUT_LIMIT = 200_000
 REASON_LIMIT = 2000
@@ -225,7 +227,7 @@ class SelftestSetupError(pytest.Item):
         self.error = error
 
     def setup(self) -> None:
-        raise SelftestFailed(f"the KVM selftest build failed, so {self.name} did not run: {self.error}")
+        raise SelftestFailed(f"{SETUP_FAILED}, so {self.name} did not run: {self.error}")
 
     def runtest(self) -> None:  # pragma: no cover - setup always raises
         raise AssertionError("unreachable")

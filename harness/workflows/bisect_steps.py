@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Optional, Protocol, Sequence
 
 from ..errors import HarnessError
-from ..results.junit_read import ERROR, FAIL, PASS, SKIP, JUnitError, read_junit, splat_key
+from ..results.junit_read import ERROR, FAIL, PASS, SKIP, JUnitError, JUnitReport, read_junit, splat_key
+from ..selftests.pytest_items import SETUP_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,21 @@ def failure_keys(case_id: str, message: str, splats: Sequence[str]) -> list[str]
 
 
 def result_from_junit(path: Path, exit_status: int, seconds: float, run_dir: Path) -> RunResult:
-    """Read a run's JUnit into a RunResult; exit status 0/1 are test outcomes, anything else infrastructure."""
-    if exit_status not in (0, 1):
-        return RunResult("infra", reason=f"infrastructure error (exit status {exit_status})", seconds=seconds,
-                         directory=str(run_dir))
+    """Read a run's JUnit into a RunResult; exit status 0/1 are test outcomes, anything else infrastructure.
+
+    One exception: exit 2 because the selected selftests do not build at this commit is their failure
+    (the selftest build is part of what is bisected), when that is the only thing that went wrong.
+    """
+    infra = RunResult("infra", reason=f"infrastructure error (exit status {exit_status})", seconds=seconds,
+                      directory=str(run_dir))
     try:
         report = read_junit(path)
     except JUnitError as err:
+        if exit_status not in (0, 1):
+            return infra
         return RunResult("infra", reason=f"no usable JUnit: {err}", seconds=seconds, directory=str(run_dir))
+    if exit_status not in (0, 1) and not _only_selftest_build_failed(report):
+        return infra
     result = RunResult("pass", seconds=seconds, directory=str(run_dir))
     infra = [c for c in report.cases.values() if c.classname.startswith("kvmh.infrastructure")]
     if infra:
@@ -117,6 +125,11 @@ def result_from_junit(path: Path, exit_status: int, seconds: float, run_dir: Pat
         if not result.failures:
             result.failures.append("<run>  msg:exit status 1")
     return result
+
+
+def _only_selftest_build_failed(report: JUnitReport) -> bool:
+    failed = [c for c in report.cases.values() if c.outcome in (FAIL, ERROR)]
+    return bool(failed) and all(SETUP_FAILED in c.message for c in failed)
 
 
 @dataclass(frozen=True)

@@ -306,3 +306,20 @@ def test_cli_usage_errors_exit_3_with_one_line(tmp_path: Path, capsys) -> None:
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kvmh: error:")]
     assert len(err) == 3
     assert "needs --tree" in err[0] and "selftest:NAME" in err[1] and "state.json" in err[2]
+
+
+def test_selftests_that_no_longer_build_are_a_failure_not_infrastructure(tmp_path: Path) -> None:
+    """Exit 2 only because the selected selftests do not build at a commit: that is the test failing there."""
+    from harness.selftests.pytest_items import SETUP_FAILED
+    from harness.workflows.bisect_steps import result_from_junit
+
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="1" errors="1">'
+        '<testcase classname="kvm_selftests.kvmh" name="s390x/async_teardown_test">'
+        f'<error message="{SETUP_FAILED}, so s390x/async_teardown_test did not run: kvm.h:9: #error">x</error>'
+        '</testcase></testsuite></testsuites>')
+    result = result_from_junit(junit, 2, 1.0, tmp_path)
+    assert result.status == "fail" and result.failures and "#error" in result.failures[0]
+    junit.write_text(junit.read_text().replace(SETUP_FAILED, "target unavailable: no boot"))
+    assert result_from_junit(junit, 2, 1.0, tmp_path).status == "infra"
