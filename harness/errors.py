@@ -31,6 +31,3 @@ class UsageError(HarnessError):
 class BootError(InfrastructureError):
     """The kernel did not reach a usable state (panic, silence, deadline)."""
 
-
-class CommandTimeout(HarnessError):
-    """A command on the target outlived its timeout and was killed."""

@@ -129,10 +129,6 @@ class KernelBuild:
     build_dir: Path = Path()
     cached: bool = False
 
-    @property
-    def modules_release_dir(self) -> Optional[Path]:
-        return self.modules_dir / "lib/modules" / self.release if self.modules_dir else None
-
     def properties(self) -> dict[str, str]:
         """Facts to record with test results (JUnit properties)."""
         props = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from . import uapi
@@ -66,19 +66,9 @@ class Capabilities:
         version = self.version
         return None if version is None else version < ASYNC_TEARDOWN_SINCE
 
-    @property
-    def is_s390(self) -> bool:
-        return self.arch == "s390x"
-
     def cap(self, number: int) -> Optional[int]:
         return self.caps.get(number)
 
-    def as_dict(self) -> Dict[str, object]:
-        data = asdict(self)
-        data["caps"] = {str(k): v for k, v in self.caps.items()}
-        data["predates_6_2"] = self.predates_async_teardown
-        data["full_version"] = self.full_version
-        return data
 
     def summary(self) -> str:
         caps = ", ".join(f"cap{n}={self.caps.get(n)}" for n in PV_CAPS)

@@ -69,10 +69,6 @@ def IO(type_: int, nr: int) -> int:  # noqa: N802
     return IOC(IOC_NONE, type_, nr, 0)
 
 
-def IOR(type_: int, nr: int, size: object) -> int:  # noqa: N802
-    return IOC(IOC_READ, type_, nr, _size_of(size))
-
-
 def IOW(type_: int, nr: int, size: object) -> int:  # noqa: N802
     return IOC(IOC_WRITE, type_, nr, _size_of(size))
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+
+from .. import printk
 from dataclasses import dataclass
 from typing import Optional
 
@@ -100,7 +102,7 @@ _ABSORBS = {
 
 _PREFIX_RE = re.compile(
     r"^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ kernel: ?|kernel: ?)?"
-    r"(?:<\d{1,3}>)?(?P<ts>\[\s*\d+\.\d+\])?(?:\[\s*[CT]\d+\])?"
+    + printk.PREFIX.pattern[1:]
 )
 _CUT_HERE_RE = re.compile(r"^-+\[ cut here \]-+\s*$")
 _FRAMING_RE = re.compile(r"^={20,}\s*$")

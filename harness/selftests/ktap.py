@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import re
 import signal
+
+from .. import printk
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterator, Optional
@@ -112,7 +114,7 @@ class TestResult:
 # Line level
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_PRINTK_RE = re.compile(r"^(?:<\d{1,3}>)?(?:\[\s*\d+\.\d+\])?(?:\[\s*[CT]\d+\])?")
+_PRINTK_RE = printk.PREFIX
 _TAP_START_RE = re.compile(r"^([ \t#]*?)(K?TAP version \d+|1\.\.\d+|not ok \d+|ok \d+|Bail out!)")
 _VERSION_RE = re.compile(r"^(K?TAP) version (\d+)\s*$")
 _PLAN_RE = re.compile(r"^1\.\.(\d+)\s*(?:#\s*(.*))?$")

@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import pexpect
 
+from .. import printk
 from ..errors import BootError, InfrastructureError
 from ..command import CommandResult
 from .panic import ConsoleScanner, KernelPanic, is_printk, seconds, summarize
@@ -45,7 +46,7 @@ LineListener = Callable[[str], None]
 PANIC_SETTLE_S = 3.0
 # Keep at most this much console text in memory behind the read position.
 _KEEP_CHARS = 1 << 20
-_PRINTK_INSIDE = re.compile(r"\[\s*\d+\.\d{6}\](?:\[\s*[TC]\d+\])? ")
+_PRINTK_INSIDE = printk.INSIDE
 
 
 def _exited(pid: int) -> bool:

@@ -7,10 +7,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
+from .. import printk
 from ..errors import BootError
 
-# "[    1.646029] " optionally followed by a caller id "[    T1] " / "[C0] " (CONFIG_PRINTK_CALLER).
-PRINTK_PREFIX = re.compile(r"^\[\s*\d+\.\d+\](?:\[\s*[TC]\d+\])?\s?")
+PRINTK_PREFIX = printk.TIMESTAMPED
 PANIC = re.compile(r"Kernel panic - not syncing")
 PANIC_END = re.compile(r"---\[ end Kernel panic")
 # Splats that do not stop the kernel by themselves (oops=panic is not set).
@@ -28,12 +28,12 @@ SPLATS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 def strip_printk(line: str) -> str:
     """Return ``line`` without its printk timestamp prefix."""
-    return PRINTK_PREFIX.sub("", line, count=1)
+    return printk.strip(line)
 
 
 def is_printk(line: str) -> bool:
     """True when ``line`` starts like a kernel message printed with a timestamp."""
-    return PRINTK_PREFIX.match(line) is not None
+    return printk.is_kernel_line(line)
 
 
 def classify(line: str) -> Optional[str]:

@@ -81,7 +81,11 @@ def parse_public_key(line: str) -> paramiko.PKey:
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Unknown host key: reject naming its fingerprint, or (``accept_new``) trust and record it."""
+    """Unknown host key: reject naming its fingerprint, or (``accept_new``) trust it for this connection.
+
+    Nothing is written back to a known_hosts file here (paramiko's writer drops ``@cert-authority`` lines);
+    the SSH host target keeps its own file and only appends to it.
+    """
 
     def __init__(self, accept_new: bool, known_hosts: Optional[Path]) -> None:
         self.accept_new = accept_new
@@ -96,8 +100,6 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             )
         log.warning("trusting new host key of %s: %s %s", hostname, key.get_name(), fingerprint(key))
         client.get_host_keys().add(hostname, key.get_name(), key)
-        if self.known_hosts is not None:
-            client.save_host_keys(str(self.known_hosts))
 
 
 class SshClient:
