@@ -26,8 +26,10 @@ from typing import Any, Optional
 
 import paramiko
 
+from ..arch import get_arch
 from ..errors import BootError, InfrastructureError
 from .base import CommandResult, OutputCallback, Target, TargetFacts
+from .qemu_argv import qemu_argv
 from .spec import TargetOptions
 from ..transport.heartbeat import REMOTE_SILENCE_S, HeldCommand
 from ..transport.session import keeper_command
@@ -48,14 +50,6 @@ _NESTED_PROBE = ("echo arch=$(uname -m); [ -c /dev/kvm ] && echo kvm=yes || echo
 
 
 @dataclass(frozen=True)
-class RemoteImage:
-    """Guest image files as they lie on the remote host (what ``QemuTarget.qemu_argv`` reads)."""
-
-    kernel: str
-    initrd: str
-
-
-@dataclass(frozen=True)
 class NestedHostInfo:
     arch: str
     kvm: bool
@@ -63,7 +57,8 @@ class NestedHostInfo:
     cpus: int
 
 
-def probe_nested(host: Target, binary: str = "qemu-system-s390x") -> NestedHostInfo:
+def probe_nested(host: Target, binary: Optional[str] = None, guest_arch: str = "s390x") -> NestedHostInfo:
+    binary = binary or get_arch(guest_arch).qemu_binary
     values = dict(line.split("=", 1) for line in host.run(_NESTED_PROBE.format(binary=binary), timeout=60)
                   .stdout.splitlines() if "=" in line)
     cpus = values.get("cpus", "1")
@@ -78,27 +73,20 @@ def nested_skip_reason(info: NestedHostInfo, guest_arch: str = "s390x") -> Optio
     if not info.kvm:
         return "host has no /dev/kvm"
     if not info.qemu:
-        return "host has no qemu-system-s390x (install qemu-system-s390x there)"
+        spec = get_arch(guest_arch)
+        return f"host has no {spec.qemu_binary} (install {spec.qemu_package} there)"
     return None
 
 
 def nested_qemu_argv(arch: str, options: TargetOptions, remote_dir: str, port: int, host_cpus: int,
-                     binary: str = "qemu-system-s390x") -> list[str]:
-    """QemuTarget's command line for a guest on the host: accel kvm, console in ``remote_dir/console.log``."""
-    from .qemu import QemuTarget
-
-    image = RemoteImage(kernel=f"{remote_dir}/vmlinuz", initrd=f"{remote_dir}/initrd.img")
-    shaped = QemuTarget(arch, options, image=image)
-    argv = shaped.qemu_argv(binary, "kvm", port)
-    out: list[str] = []
-    for i, word in enumerate(argv):
-        previous = argv[i - 1] if i else ""
-        if previous == "-chardev" and word.startswith("stdio,"):
-            word = f"file,id=con0,path={remote_dir}/console.log"
-        elif previous == "-smp":
-            word = str(shaped.arch_spec.smp("kvm", options.smp, host_cpus))
-        out.append(word)
-    return out
+                     binary: Optional[str] = None) -> list[str]:
+    """The guest's command line on the host: accel kvm, console in ``remote_dir/console.log``."""
+    spec = get_arch(arch)
+    return qemu_argv(spec, binary=binary or spec.qemu_binary, accelerator="kvm",
+                     kernel=f"{remote_dir}/vmlinuz",
+                     initrd=f"{remote_dir}/initrd.img", port=port, host_cpus=host_cpus,
+                     memory_mb=options.memory_mb, smp=options.smp, console_file=f"{remote_dir}/console.log",
+                     extra_cmdline=options.extra_cmdline)
 
 
 class _ChannelSSHClient(paramiko.SSHClient):
@@ -151,12 +139,12 @@ class NestedQemuTarget(Target):
         self.qemu_pid = 0
 
     def skip_reason(self) -> Optional[str]:
-        return nested_skip_reason(probe_nested(self.host), self.arch)
+        return nested_skip_reason(probe_nested(self.host, guest_arch=self.arch), self.arch)
 
     def start(self) -> None:
         if self.owns_host and not self.host.connected():
             self.host.start()
-        info = probe_nested(self.host)
+        info = probe_nested(self.host, guest_arch=self.arch)
         reason = nested_skip_reason(info, self.arch)
         if reason:
             raise InfrastructureError(f"cannot run a nested guest on {self.host.spec}: {reason}")

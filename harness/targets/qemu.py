@@ -39,6 +39,7 @@ from ..transport.panic import KernelPanic
 from ..transport.ssh import SshClient, SshConnectionLost
 from . import qemu_registry
 from .base import CommandResult, OutputCallback, Target, TargetFacts
+from .qemu_argv import qemu_argv
 from .spec import TargetOptions
 
 log = logging.getLogger(__name__)
@@ -189,27 +190,10 @@ class QemuTarget(Target):
 
     def qemu_argv(self, binary: str, accelerator: str, port: int) -> list[str]:
         """The QEMU command line for ``accelerator`` with SSH forwarded from 127.0.0.1:``port``."""
-        spec = self.arch_spec
-        memory = self.options.memory_mb or spec.default_memory_mb
-        smp = spec.smp(accelerator, self.options.smp, os.cpu_count() or 1)
-        return [
-            binary,
-            "-name", f"kvmh-{spec.name}",
-            "-machine", spec.machine,
-            "-accel", accelerator,
-            "-cpu", spec.cpu(accelerator),
-            "-smp", str(smp),
-            "-m", str(memory),
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-chardev", "stdio,id=con0,signal=off",
-            "-serial", "chardev:con0",
-            "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-            "-device", f"{spec.nic_device},netdev=n0",
-            "-device", spec.rng_device,
-            "-kernel", str(self.image.kernel),
-            "-initrd", str(self.image.initrd),
-            "-append", spec.kernel_cmdline(self.options.extra_cmdline),
-        ]
+        return qemu_argv(self.arch_spec, binary=binary, accelerator=accelerator, kernel=self.image.kernel,
+                         initrd=self.image.initrd, port=port, host_cpus=os.cpu_count() or 1,
+                         memory_mb=self.options.memory_mb, smp=self.options.smp,
+                         extra_cmdline=self.options.extra_cmdline)
 
     def _boot(self, binary: str, choice: AccelChoice, deadline: float) -> None:
         """Start QEMU and wait for the guest's init; fall back from KVM, retry a port clash."""
