@@ -23,7 +23,8 @@ from typing import Callable, Optional, Sequence
 from ..errors import HarnessError
 from ..targets.base import CommandResult, Target
 from .build import SelftestBuild, hold_build
-from .ktap import Outcome, TestResult, program_result
+from .ktap import Outcome, TestResult
+from .verdict import program_result
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.selftests.ktap import Outcome, TestResult, parse_ktap, program_result
+from harness.selftests.ktap import Outcome, TestResult, parse_ktap
+from harness.selftests.verdict import program_result
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ktap"
 

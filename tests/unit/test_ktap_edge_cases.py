@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.selftests.ktap import Outcome, parse_ktap, program_result
+from harness.selftests.ktap import Outcome, parse_ktap
+from harness.selftests.verdict import program_result
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ktap"
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.selftests.ktap import Outcome, program_result
+from harness.selftests.ktap import Outcome
+from harness.selftests.verdict import program_result
 
 RECORDED = Path(__file__).resolve().parent.parent / "data" / "ktap" / "recorded"
 LOGS = sorted(RECORDED.glob("recorded-s390x-tcg-*.log"))

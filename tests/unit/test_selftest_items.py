@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.selftests import ktap as ktap_mod
+from harness.selftests import verdict as ktap_mod
 from harness.selftests import runner as sr
 from harness.selftests.build import SelftestBuild
 from harness.selftests.ktap import Outcome
@@ -414,7 +414,7 @@ def test_runner_command_dmesg_and_budget():
 
 
 def test_unknown_harness_skips_get_the_printed_reason():
-    from harness.selftests.ktap import program_result
+    from harness.selftests.verdict import program_result
 
     result = program_result("s390x/ucontrol_test", UCONTROL, 0)
     assert result.outcome is Outcome.SKIP
