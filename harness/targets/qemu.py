@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 from ..accel import AccelChoice, choose_accelerator
 from ..arch import ArchSpec, get_arch
 from ..errors import BootError, HarnessError, InfrastructureError, UsageError
+from ..transport.console_shell import prepare_shell, run_command
 from ..transport.console import Console, ConsoleClosed
 from ..transport.panic import KernelPanic
 from ..transport.ssh import SshClient, SshConnectionLost
@@ -352,9 +353,9 @@ class QemuTarget(Target):
         _, console = self._require_up(f"console command {command!r}")
         with self._shell_lock:
             if not self._shell_ready:
-                console.prepare_shell(SHELL_PROMPT, time.monotonic() + 60)
+                prepare_shell(console, SHELL_PROMPT, time.monotonic() + 60)
                 self._shell_ready = True
-        return console.run(command, timeout)
+        return run_command(console, command, timeout)
 
     # -- facts ---------------------------------------------------------------------------------
 

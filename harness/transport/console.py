@@ -21,9 +21,7 @@ import codecs
 import logging
 import os
 import re
-import secrets
 import select
-import shlex
 import signal
 import threading
 import time
@@ -32,10 +30,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import pexpect
 
-from .. import printk
 from ..errors import BootError, InfrastructureError
-from ..command import CommandResult
-from .panic import ConsoleScanner, KernelPanic, is_printk, seconds, summarize
+from .panic import ConsoleScanner, seconds, summarize
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +42,6 @@ LineListener = Callable[[str], None]
 PANIC_SETTLE_S = 3.0
 # Keep at most this much console text in memory behind the read position.
 _KEEP_CHARS = 1 << 20
-_PRINTK_INSIDE = printk.INSIDE
 
 
 def _exited(pid: int) -> bool:
@@ -84,7 +79,7 @@ class Console:
         self._child: Optional[pexpect.spawn] = None
         self._cond = threading.Condition()
         self._proc_lock = threading.Lock()
-        self._run_lock = threading.Lock()
+        self.command_lock = threading.Lock()
         self._text = ""
         self._base = 0  # characters dropped from the front of _text
         self._cursor = 0
@@ -412,98 +407,7 @@ class Console:
         """Type ``text`` and Enter (carriage return, as a terminal sends it)."""
         self.send(text + "\r")
 
-    # -- commands ------------------------------------------------------------------------------
 
-    def run(self, command: str, timeout: float = 60.0) -> CommandResult:
-        """Run ``command`` in the console's shell; stdout and stderr come back merged in ``stdout``.
-
-        A command that outlives ``timeout`` is interrupted with Ctrl-C and reported with
-        ``timed_out=True`` and the output it printed so far.
-        """
-        with self._run_lock:
-            token = secrets.token_hex(6)
-            start = time.monotonic()
-            since = self.mark()
-            self.sendline(
-                f"__kvmh={token}; {{ ( eval {shlex.quote(command)} ) 2>&1 </dev/null; "
-                f'echo "KVMH_E_${{__kvmh}} $?"; }} | '
-                f'while IFS= read -r __kvmh_l; do printf "KVMH_O_%s:%s\\n" "$__kvmh" "$__kvmh_l"; done'
-            )
-            end = re.compile(rf"KVMH_O_{token}:([^\n]*?)KVMH_E_{token} (\d+)\r*\n")
-            try:
-                match = self.wait_for(end, start + timeout, what=f"the end of console command {command!r}",
-                                      since=since, panic_when=f"during console command {command!r}")
-            except KernelPanic:
-                raise
-            except BootError:
-                region = self.text_since(since)
-                self._interrupt()
-                return CommandResult(command=command, exit_status=-1,
-                                     stdout=parse_command_output(region, token, None),
-                                     stderr="", duration_s=time.monotonic() - start, timed_out=True)
-            region = self.text_since(since, self._last_match_base + match.start())
-            last = match.group(1)
-            return CommandResult(
-                command=command,
-                exit_status=int(match.group(2)),
-                stdout=parse_command_output(region, token, last),
-                stderr="",
-                duration_s=time.monotonic() - start,
-            )
-
-    def _interrupt(self) -> None:
-        """Ctrl-C the running command and wait until the shell answers again."""
-        self.send("\x03")
-        time.sleep(0.2)
-        token = secrets.token_hex(6)
-        self.sendline(f'__kvmh={token}; echo "KVMH_Y_${{__kvmh}}"')
-        try:
-            self.wait_for(re.compile(rf"KVMH_Y_{token}\r*\n"), time.monotonic() + 15,
-                          what="the console shell after Ctrl-C")
-        except BootError as err:
-            raise InfrastructureError(
-                f"the {self.name} console shell did not come back after interrupting a command: {err}"
-            ) from err
-
-    def prepare_shell(self, prompt: str, deadline: float) -> None:
-        """Wait for the shell ``prompt`` and quiet kernel messages on the console (``dmesg -n 1``)."""
-        self.wait_for(re.compile(re.escape(prompt)), deadline, what=f"the console shell prompt {prompt!r}")
-        result = self.run("dmesg -n 1", timeout=max(5.0, deadline - time.monotonic()))
-        if not result.ok:
-            log.warning("could not lower the console loglevel: %s", result.stdout.strip())
-
-
-def parse_command_output(region: str, token: str, last: Optional[str]) -> str:
-    """Rebuild a console command's output from the raw console text ``region``.
-
-    Lines carrying the ``KVMH_O_<token>:`` prefix are the command's; other lines are echo, prompts
-    or kernel messages.  A kernel message printed in the middle of an output line splits it: the
-    rest of that line then arrives without a prefix right after the message, and is joined back.
-    ``last`` is the text before the end marker on the end line (an unterminated last line), or
-    None when the command did not finish.
-    """
-    prefix = f"KVMH_O_{token}:"
-    out: list[str] = []
-    split_pending = False
-    for raw in region.split("\n"):
-        line = raw.rstrip("\r")
-        at = line.find(prefix)
-        if at >= 0:
-            payload = line[at + len(prefix):]
-            inside = _PRINTK_INSIDE.search(payload)
-            if inside and inside.start() > 0:
-                # "text[  1.23] message": a kernel message cut into this output line.
-                out.append(payload[:inside.start()])
-                split_pending = True
-            else:
-                out.append(payload)
-                split_pending = False
-            continue
-        if split_pending and line and not is_printk(line):
-            out[-1] += line
-        split_pending = False
-    if last is not None:
-        out.append(last)
-    elif out:
-        out.append("")
-    return "\n".join(out)
+    def match_start(self, match: "re.Match[str]") -> int:
+        """The position in the console's text where the last ``wait_for`` match begins."""
+        return self._last_match_base + match.start()

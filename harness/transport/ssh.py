@@ -20,6 +20,7 @@ import base64
 import codecs
 import hashlib
 import logging
+import os
 import posixpath
 import secrets
 import select
@@ -81,10 +82,9 @@ def parse_public_key(line: str) -> paramiko.PKey:
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
-    """Unknown host key: reject naming its fingerprint, or (``accept_new``) trust it for this connection.
+    """Unknown host key: reject naming its fingerprint, or (``accept_new``) trust it and append it to known_hosts.
 
-    Nothing is written back to a known_hosts file here (paramiko's writer drops ``@cert-authority`` lines);
-    the SSH host target keeps its own file and only appends to it.
+    The file is only appended to (paramiko's own writer rewrites it and drops ``@cert-authority`` lines).
     """
 
     def __init__(self, accept_new: bool, known_hosts: Optional[Path]) -> None:
@@ -100,6 +100,13 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             )
         log.warning("trusting new host key of %s: %s %s", hostname, key.get_name(), fingerprint(key))
         client.get_host_keys().add(hostname, key.get_name(), key)
+        if self.known_hosts is not None:
+            line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+            fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
 
 
 class SshClient:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BootError
-from harness.transport.console import Console, ConsoleClosed, parse_command_output
+from harness.transport.console import Console, ConsoleClosed
+from harness.transport.console_shell import parse_command_output, run_command
 from harness.transport.panic import ConsoleScanner, KernelPanic, classify, strip_printk, summarize
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "console"
@@ -287,20 +288,20 @@ def shell(tmp_path):
 
 
 def test_marker_protocol_status_output_and_stderr(shell):
-    result = shell.run("echo out; echo err >&2; exit 7", timeout=10)
+    result = run_command(shell, "echo out; echo err >&2; exit 7", timeout=10)
     assert (result.exit_status, result.stdout, result.timed_out) == (7, "out\nerr\n", False)
-    assert shell.run("printf 'no newline'", timeout=10).stdout == "no newline"
-    assert shell.run("true", timeout=10).stdout == ""
-    quoted = shell.run("echo \"it's\" 'a $HOME' | tr a-z A-Z", timeout=10)
+    assert run_command(shell, "printf 'no newline'", timeout=10).stdout == "no newline"
+    assert run_command(shell, "true", timeout=10).stdout == ""
+    quoted = run_command(shell, "echo \"it's\" 'a $HOME' | tr a-z A-Z", timeout=10)
     assert quoted.stdout == "IT'S A $HOME\n"
-    assert shell.run("for i in 1 2\ndo echo n$i\ndone", timeout=10).stdout == "n1\nn2\n"
+    assert run_command(shell, "for i in 1 2\ndo echo n$i\ndone", timeout=10).stdout == "n1\nn2\n"
 
 
 def test_marker_protocol_survives_messages_written_to_the_terminal(shell):
     # Lines written straight to the terminal stand for kernel messages on the console.
     cmd = ("echo before; echo '[    1.234567] kvmh-noise' > /dev/tty; "
            "echo '[    2.000000] printed by the command'; echo after")
-    result = shell.run(cmd, timeout=10)
+    result = run_command(shell, cmd, timeout=10)
     assert result.exit_status == 0
     assert result.stdout == "before\n[    2.000000] printed by the command\nafter\n"
     assert "kvmh-noise" in (Path(shell.log_path)).read_text()
@@ -308,15 +309,15 @@ def test_marker_protocol_survives_messages_written_to_the_terminal(shell):
 
 def test_marker_protocol_timeout_interrupts_and_shell_recovers(shell):
     start = time.monotonic()
-    result = shell.run("echo begun; sleep 30; echo never", timeout=1.5)
+    result = run_command(shell, "echo begun; sleep 30; echo never", timeout=1.5)
     assert result.timed_out and result.exit_status == -1
     assert "begun" in result.stdout and "never" not in result.stdout
     assert time.monotonic() - start < 15
-    assert shell.run("echo again", timeout=10).stdout == "again\n"
+    assert run_command(shell, "echo again", timeout=10).stdout == "again\n"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="needs Linux ptys and /proc")
 def test_console_run_fails_when_process_dies(shell):
     os.kill(shell.pid, signal.SIGKILL)
     with pytest.raises(ConsoleClosed, match="signal 9"):
-        shell.run("echo x", timeout=10)
+        run_command(shell, "echo x", timeout=10)
