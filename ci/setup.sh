@@ -22,6 +22,7 @@ PACKAGES=(
   libcap-dev libnuma-dev                            # KVM selftests
   ccache openssh-client ca-certificates
   tmux                                              # the terminal tests of the progress display
+  chromium                                          # renders the nightly HTML report in the tests
   python3 python3-venv                              # the harness runs in its own virtual environment
 )
 export DEBIAN_FRONTEND=noninteractive

@@ -107,8 +107,11 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .parallel import xdist_args
     from .workflows.run import main_job
 
+    extra = list(args.pytest_args)
+    args.pytest_args = [*xdist_args(args.jobs, args.also_target), *(extra[1:] if extra[:1] == ["--"] else extra)]
     return main_job(args, _target_pytest_args)
 
 
@@ -242,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="add the debug config fragment (lockdep, kmemleak)")
     p.add_argument("--artifacts", type=Path, help="artifacts root (default ./kvmh-artifacts)")
     p.add_argument("--junitxml", type=Path, help="also write the JUnit file here")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="parallel guests: pytest-xdist workers, each its own")
+    p.add_argument("--also-target", action="append", default=[], metavar="SPEC",
+                   help="another target in the same run: each xdist worker takes one (needs -j >= targets)")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_run)
 
@@ -297,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_bisect_parser(sub, _add_target_args).set_defaults(func=cmd_bisect)
     add_repro_parser(sub, _add_target_args).set_defaults(func=cmd_repro)
 
+    from .workflows.nightly_cli import add_fleet_parsers
+
+    add_fleet_parsers(sub)  # nightly, history, ci emit
+
     p = sub.add_parser("host", help="install a kernel on an ssh:// host, or undo it")
     hsub = p.add_subparsers(dest="host_command", metavar="ACTION")
     for name, helptext in (("install", "install and boot a kernel, then verify it"),
@@ -314,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
             ph.add_argument("--no-reboot", action="store_true", help="remove the files but do not reboot")
         ph.set_defaults(func=cmd_host)
 
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(sub, _add_target_args, _target_options)
     return parser
 
 

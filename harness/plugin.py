@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from . import __version__, progress, stages
+from . import __version__, parallel, progress, stages
 from .errors import HarnessError
 from .results.window import KernelLogWindow, can_read_kernel_log, splat_failure_message
 from .session import SessionTarget, find_holder, holder_of, install_holder
@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvm-harness", "KVM harness: target under test")
-    group.addoption("--kvm-target", default=DEFAULT_TARGET,
-                    help="qemu:s390x (default), qemu:x86_64, local, model or ssh://user@host[:port]")
+    group.addoption("--kvm-target", default=DEFAULT_TARGET, action=parallel.TargetsAction,
+                    help="qemu:s390x (default), qemu:x86_64, local, model or ssh://user@host[:port]; "
+                         "repeat it to give each pytest-xdist worker its own target")
     group.addoption("--kvm-kernel", type=Path, default=None, help="boot this kernel image instead of the image's")
     group.addoption("--kvm-modules", type=Path, default=None,
                     help="modules staging dir (INSTALL_MOD_PATH) for --kvm-kernel")
@@ -54,6 +55,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm_pv: needs protected virtualization on the target")
     config.addinivalue_line(
         "markers", "kvm_expected_splat(*kinds): the test provokes kernel splats of these kinds on purpose")
+    parallel.configure(config)  # xdist: this worker's target and artifacts, serial groups, worker in JUnit
     install_holder(config)
     install_sigterm_handler()
     _progress_through_capture(config)

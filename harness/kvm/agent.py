@@ -73,6 +73,8 @@ OPS: Dict[str, Tuple[Tuple[str, ...], Dict[str, Any]]] = {
     "meminfo": ((), {}),
     "cgroup_memory": ((), {}),
     "mem_settle": (("baseline",), {"tolerance_mb": 64, "settle_s": 10.0, "field": "MemAvailable"}),
+    "mem_watch": (("baseline",), {"gain_mb": None, "cgroup_baseline": None, "tolerance_mb": 128, "settle_s": 30.0,
+                                  "interval_ms": 50}),
     "sleep": (("ms",), {}),
     "set_event": (("event",), {}),
     "wait_event": (("event",), {}),
@@ -266,7 +268,20 @@ def read_meminfo() -> Dict[str, int]:
             key, _, rest = line.partition(":")
             if key in ("MemTotal", "MemFree", "MemAvailable", "Cached", "AnonPages"):
                 values[key] = int(rest.split()[0])
+    pcp = pcp_free_kb()
+    if pcp is not None:
+        values["PcpFree"] = pcp
     return values
+
+
+def pcp_free_kb() -> Optional[int]:
+    """Free pages held in per-CPU lists (``count:`` of /proc/zoneinfo), which MemFree and MemAvailable omit."""
+    try:
+        with open("/proc/zoneinfo") as f:
+            pages = sum(int(line.split()[1]) for line in f if line.lstrip().startswith("count:"))
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
 def cgroup_memory_current() -> Dict[str, Any]:
@@ -656,6 +671,49 @@ class Executor:
         out.data = {"field": key, "baseline_kb": baseline, "final_kb": current, "tolerance_kb": tolerance,
                     "settled": current >= baseline - tolerance,
                     "waited_ms": int((time.monotonic() - start) * 1000)}
+        out.ret = 0
+
+    def op_mem_watch(self, step: Dict[str, Any], out: Outcome) -> None:
+        """Sample MemAvailable (and the cgroup's charge) until both are back near earlier baselines.
+
+        With ``gain_mb``, MemAvailable must exceed the ``baseline`` reading by that much (a reading taken while
+        the memory was in use), so other processes' drift before it does not count.  Free pages in per-CPU
+        lists (``PcpFree``) count on both sides: Linux 6.7+ keeps much freed memory there for a while."""
+        base_record = self.state.records.get(step["baseline"])
+        if not base_record or not isinstance(base_record.get("data"), dict):
+            raise StepError(f"baseline {step['baseline']!r} is not an earlier meminfo step")
+        pcp = "PcpFree" in base_record["data"]  # free pages in per-CPU lists count as back, on both sides
+        baseline = (int(base_record["data"]["MemAvailable"]) + int(base_record["data"].get("PcpFree", 0))
+                    + int(step["gain_mb"] or 0) * 1024)
+        cg_name = step["cgroup_baseline"]
+        cg_base: Optional[int] = None
+        if cg_name is not None:
+            cg_record = self.state.records.get(cg_name) or {}
+            if not isinstance(cg_record.get("data"), dict) or "current" not in cg_record["data"]:
+                raise StepError(f"cgroup_baseline {cg_name!r} is not an earlier cgroup_memory step")
+            cg_base = int(cg_record["data"]["current"])
+        tolerance = int(step["tolerance_mb"]) * MIB
+        start = time.monotonic()
+        deadline = start + float(step["settle_s"])
+        samples: List[List[Any]] = []
+        mem_back: Optional[int] = None
+        cg_back: Optional[int] = None
+        while True:
+            ms = int((time.monotonic() - start) * 1000)
+            now = read_meminfo()
+            avail = now["MemAvailable"] + (now.get("PcpFree", 0) if pcp else 0)
+            charge = cgroup_memory_current()["current"] if cg_base is not None else None
+            if len(samples) < 600:
+                samples.append([ms, avail, charge])
+            if mem_back is None and avail * 1024 >= baseline * 1024 - tolerance:
+                mem_back = ms
+            if cg_back is None and charge is not None and cg_base is not None and charge <= cg_base + tolerance:
+                cg_back = ms
+            if (mem_back is not None and (cg_base is None or cg_back is not None)) or time.monotonic() >= deadline:
+                break
+            time.sleep(float(step["interval_ms"]) / 1000.0)
+        out.data = {"target_kb": baseline, "cgroup_baseline": cg_base, "tolerance_kb": tolerance // 1024,
+                    "mem_back_ms": mem_back, "cgroup_back_ms": cg_back, "samples": samples}
         out.ret = 0
 
     def op_sleep(self, step: Dict[str, Any], out: Outcome) -> None:

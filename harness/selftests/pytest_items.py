@@ -239,6 +239,11 @@ class SelftestSetupError(pytest.Item):
         return self.path, 0, f"selftest {self.name}"
 
 
+def _under_xdist(config: pytest.Config) -> bool:
+    """True in a pytest-xdist worker process."""
+    return hasattr(config, "workerinput")
+
+
 def listed_programs(tree: Path, arch: str) -> list[str]:
     """The programs the tree's KVM selftest Makefile lists for ``arch`` (read, not built); [] when unknown."""
     kvm_dir = Path(tree) / "tools/testing/selftests/kvm"
@@ -367,7 +372,11 @@ class SelftestItem(pytest.Item):
             out.append((sub, verdict))
             if emit:
                 state.records.append(ResultRecord(self.program, name, sub.outcome.value, sub.reason))
-                self._emit(name, sub, verdict)
+                if _under_xdist(self.config):
+                    # xdist accepts reports only for the items it scheduled: a subtest becomes a property.
+                    self.user_properties.append((f"subtest {name}", f"{verdict.outcome}: {_clip(sub.reason, 500)}"))
+                else:
+                    self._emit(name, sub, verdict)
         return out
 
     def _emit(self, name: str, sub: TestResult, verdict: Verdict) -> None:

@@ -105,7 +105,6 @@ def test_console_never_signals_a_group_after_its_leader_was_reaped(tmp_path: Pat
     from harness.transport import console as console_mod
 
     con = console_mod.Console(["sh", "-c", "sleep 300 & echo started; exit 0"], tmp_path / "c.log")
-    con.start()
     calls: list[tuple[int, bool]] = []
     real_killpg = os.killpg
 
@@ -114,7 +113,8 @@ def test_console_never_signals_a_group_after_its_leader_was_reaped(tmp_path: Pat
         calls.append((sig, reaped))
         real_killpg(pid, sig)
 
-    monkeypatch.setattr(console_mod.os, "killpg", spy)
+    monkeypatch.setattr(console_mod.os, "killpg", spy)  # before start: the leader may exit at once
+    con.start()
     assert con.wait_exit(10)
     # The leader's background child was killed together with it, before the leader was reaped.
     assert (signal.SIGKILL, False) in calls

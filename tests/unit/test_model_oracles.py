@@ -140,7 +140,7 @@ def test_capabilities_keep_the_full_release() -> None:
     assert caps.has_fix("292a7d6fca33") is False
     assert Capabilities(arch="s390x", kernel_release="6.3.3", has_kvm=True).has_fix("292a7d6fca33") is True
     assert Capabilities(arch="s390x", kernel_release="weird", has_kvm=True).has_fix("292a7d6fca33") is None
-    assert caps.as_dict()["full_version"] == (6, 3, 2)
+    assert caps.full_version == (6, 3, 2)
 
 
 # --- the interrupted PERFORM --------------------------------------------------------------------------------
