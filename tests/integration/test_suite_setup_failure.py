@@ -9,12 +9,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.ci import need
+from tests.fakes import fake_kernel_tree
 
 pytestmark = pytest.mark.integration
 
@@ -22,33 +22,9 @@ junitparser = pytest.importorskip("junitparser", reason="junitparser is a test e
 
 
 def _broken_tree(root: Path) -> Path:
-    tree = root / "linux"
+    tree = fake_kernel_tree(root)
     kvm = tree / "tools/testing/selftests/kvm"
-    for d in ("arch/s390", "include/uapi/linux", "tools/include", kvm.relative_to(tree) / "s390x"):
-        (tree / d).mkdir(parents=True, exist_ok=True)
-    (tree / "Makefile").write_text(textwrap.dedent("""\
-        headers_install:
-        \tmkdir -p $(O)/usr/include/linux
-        \tcp include/uapi/linux/kvm.h $(O)/usr/include/linux/kvm.h
-        """))
-    (tree / "Kconfig").write_text("# kconfig\n")
-    (tree / "include/uapi/linux/kvm.h").write_text("#define KVM_CAP_S390_PROTECTED_ASYNC_DISABLE 224\n")
-    (tree / "tools/include/x.h").write_text("/* x */\n")
-    (tree / "tools/testing/selftests/lib.mk").write_text("# lib.mk\n")
-    (kvm / "settings").write_text("timeout=7\n")
-    (kvm / "s390x/memop.c").write_text("int main(void) { return 0; }\n")
     (kvm / "kvm_create_max_vcpus.c").write_text("int main(void) { return undeclared_on_purpose; }\n")
-    (kvm / "Makefile").write_text(textwrap.dedent("""\
-        ARCH_DIR := s390x
-        TEST_GEN_PROGS_s390x = s390x/memop
-        TEST_GEN_PROGS_s390x += kvm_create_max_vcpus
-        TEST_GEN_PROGS += $(TEST_GEN_PROGS_$(ARCH_DIR))
-        TEST_GEN_PROGS := $(patsubst %,$(OUTPUT)/%,$(TEST_GEN_PROGS))
-        all: $(TEST_GEN_PROGS)
-        $(OUTPUT)/%: %.c
-        \tmkdir -p $(dir $@)
-        \t$(CC) $(KHDR_INCLUDES) -o $@ $<
-        """))
     return tree
 
 

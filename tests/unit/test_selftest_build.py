@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import fake_kernel_tree
+
 from harness.errors import InfrastructureError, UsageError
 from harness.selftests import build as sb
 
@@ -125,37 +127,6 @@ def test_first_errors_picks_compiler_errors():
     assert "Error 1" in text
 
 
-def _fake_tree(root: Path, makefile: str = "", kvm_extra: str = "") -> Path:
-    """A minimal kernel tree whose kvm selftest Makefile 'builds' programs with the host compiler."""
-    tree = root / "linux"
-    for d in ("arch/s390", "include/uapi/linux", "scripts", "tools/include", "tools/build", "tools/lib",
-              "tools/testing/selftests/kvm/s390x", "tools/testing/selftests/rseq", "tools/testing/selftests/net"):
-        (tree / d).mkdir(parents=True, exist_ok=True)
-    (tree / "Makefile").write_text("# top\n")
-    (tree / "Kconfig").write_text("# kconfig\n")
-    (tree / "include/uapi/linux/kvm.h").write_text("#define KVM_CAP_S390_PROTECTED_ASYNC_DISABLE 224\n")
-    (tree / "scripts/subarch.include").write_text("SUBARCH := x86\n")
-    (tree / "tools/include/x.h").write_text("/* x */\n")
-    (tree / "tools/testing/selftests/lib.mk").write_text("# lib.mk\n")
-    (tree / "tools/testing/selftests/net/big.c").write_text("/* not needed by kvm */\n")
-    kvm = tree / "tools/testing/selftests/kvm"
-    (kvm / "settings").write_text("timeout=7\n")
-    (kvm / "s390x/memop.c").write_text("int main(void) { return 0; }\n")
-    (kvm / "kvm_create_max_vcpus.c").write_text("int main(void) { return 0; }\n")
-    (kvm / "Makefile").write_text(makefile or textwrap.dedent("""\
-        ARCH_DIR := s390x
-        TEST_GEN_PROGS_s390x = s390x/memop
-        TEST_GEN_PROGS_s390x += kvm_create_max_vcpus
-        TEST_GEN_PROGS += $(TEST_GEN_PROGS_$(ARCH_DIR))
-        TEST_GEN_PROGS := $(patsubst %,$(OUTPUT)/%,$(TEST_GEN_PROGS))
-        all: $(TEST_GEN_PROGS)
-        $(OUTPUT)/%: %.c
-        \tmkdir -p $(dir $@)
-        \t$(CC) $(KHDR_INCLUDES) -o $@ $<
-        """) + kvm_extra)
-    return tree
-
-
 def _listing(tree: Path) -> dict[str, tuple[int, int]]:
     out = {}
     for dirpath, dirnames, filenames in os.walk(tree):
@@ -183,7 +154,7 @@ def fake_env(tmp_path, monkeypatch):
 
 
 def test_fake_tree_build_is_out_of_tree_and_cached(fake_env):
-    tree = _fake_tree(fake_env)
+    tree = fake_kernel_tree(fake_env)
     cache = fake_env / "cache"
     before = _listing(tree)
     first = sb.build_selftests(tree, "s390x", jobs=1, cache_root=cache)
@@ -208,7 +179,7 @@ def test_fake_tree_build_is_out_of_tree_and_cached(fake_env):
 
 
 def test_tree_without_async_teardown_leaves_our_test_out(fake_env):
-    tree = _fake_tree(fake_env)
+    tree = fake_kernel_tree(fake_env)
     (tree / "include/uapi/linux/kvm.h").write_text("/* 6.1 */\n")
     result = sb.build_selftests(tree, "s390x", jobs=1, cache_root=fake_env / "cache")
     assert "s390x/async_teardown_test" not in result.programs
@@ -216,7 +187,7 @@ def test_tree_without_async_teardown_leaves_our_test_out(fake_env):
 
 
 def test_build_error_reports_the_first_compiler_errors(fake_env):
-    tree = _fake_tree(fake_env)
+    tree = fake_kernel_tree(fake_env)
     (tree / "tools/testing/selftests/kvm/kvm_create_max_vcpus.c").write_text("int main(void) { return nope; }\n")
     with pytest.raises(InfrastructureError) as err:
         sb.build_selftests(tree, "s390x", jobs=1, cache_root=fake_env / "cache")
@@ -226,7 +197,7 @@ def test_build_error_reports_the_first_compiler_errors(fake_env):
 
 
 def test_source_files_follow_makefile_includes(tmp_path):
-    tree = _fake_tree(tmp_path, makefile=MAKEFILE_KVM_NEW)
+    tree = fake_kernel_tree(tmp_path, makefile=MAKEFILE_KVM_NEW)
     (tree / "tools/testing/selftests/cgroup/lib").mkdir(parents=True)
     (tree / "tools/testing/selftests/cgroup/lib/libcgroup.mk").write_text("# cg\n")
     names = {str(p) for p in sb.source_files(tree)}
@@ -237,7 +208,7 @@ def test_source_files_follow_makefile_includes(tmp_path):
 
 
 def test_not_a_kvm_tree_is_a_usage_error(fake_env):
-    tree = _fake_tree(fake_env)
+    tree = fake_kernel_tree(fake_env)
     (tree / "tools/testing/selftests/kvm/Makefile").unlink()
     with pytest.raises(UsageError, match="tools/testing/selftests/kvm"):
         sb.build_selftests(tree, "s390x", cache_root=fake_env / "cache")
