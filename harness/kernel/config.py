@@ -27,6 +27,9 @@ from .series import KernelInputError
 
 log = logging.getLogger(__name__)
 
+CONFIG_TIMEOUT_S = 600.0
+"""The longest a config step (allnoconfig, merge_config.sh, olddefconfig) may take."""
+
 STARTS = ("tinyconfig", "defconfig")
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
@@ -223,7 +226,10 @@ def _arg(make: Sequence[str], name: str) -> str:
 def _merge(tree: Path, out: Path, files: list[Path]) -> Path:
     """merge_config.sh -m: later files override earlier ones; returns the merged file."""
     cmd = ["bash", str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(out), *map(str, files)]
-    proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=CONFIG_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"merge_config.sh took over {CONFIG_TIMEOUT_S:.0f} s") from None
     if proc.returncode != 0:
         raise ConfigError(f"merge_config.sh failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}",
                           details=proc.stdout + proc.stderr)
@@ -234,7 +240,11 @@ def _merge(tree: Path, out: Path, files: list[Path]) -> Path:
 
 def _make(tree: Path, cmd: list[str]) -> None:
     log.debug("running %s", " ".join(cmd))
-    proc = subprocess.run(["make", "-s", "-C", str(tree), *cmd], capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["make", "-s", "-C", str(tree), *cmd], capture_output=True, text=True,
+                              timeout=CONFIG_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise InfrastructureError(f"make {cmd[-1]} in {tree} took over {CONFIG_TIMEOUT_S:.0f} s") from None
     if proc.returncode != 0:
         lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
         raise InfrastructureError(f"make {cmd[-1]} failed in {tree}: {' / '.join(lines[-3:])}",

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from ..arch import get_arch
 from ..errors import InfrastructureError, UsageError
+from ..locks import file_lock
 from ..paths import cache_subdir
 from .source import check_kernel_tree
 
 log = logging.getLogger(__name__)
+
+HEADERS_TIMEOUT_S = 600.0
 
 def kernel_arch(arch: str) -> str:
     """Map a harness arch name (s390x, x86_64; or the kernel's own s390, x86) to the kernel's ARCH= value."""
@@ -47,12 +50,18 @@ def installed_headers(tree: Path, arch: str) -> Path:
     include = out / "usr/include"
     if (out / ".kvmh-complete").exists():
         return include
-    out.mkdir(parents=True, exist_ok=True)
-    log.info("installing %s uapi headers of %s", karch, tree)
-    cmd = ["make", "-s", "-C", str(tree), f"O={out}", f"ARCH={karch}", "headers_install"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        first = "\n".join(proc.stderr.strip().splitlines()[:5])
-        raise InfrastructureError(f"make headers_install failed in {tree}: {first}", details=proc.stderr)
-    (out / ".kvmh-complete").write_text("ok\n")
+    with file_lock(out.with_name(out.name + ".lock"), what=f"headers_install of {tree}"):
+        if (out / ".kvmh-complete").exists():
+            return include
+        out.mkdir(parents=True, exist_ok=True)
+        log.info("installing %s uapi headers of %s", karch, tree)
+        cmd = ["make", "-s", "-C", str(tree), f"O={out}", f"ARCH={karch}", "headers_install"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=HEADERS_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise InfrastructureError(f"make headers_install in {tree} took over {HEADERS_TIMEOUT_S:.0f} s") from None
+        if proc.returncode != 0:
+            first = "\n".join(proc.stderr.strip().splitlines()[:5])
+            raise InfrastructureError(f"make headers_install failed in {tree}: {first}", details=proc.stderr)
+        (out / ".kvmh-complete").write_text("ok\n")
     return include

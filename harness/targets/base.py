@@ -72,6 +72,9 @@ class Target(abc.ABC):
 
     Lifecycle: ``start()`` (boot or connect), any number of ``run``/``put``/``get``, ``close()``.
     Targets are context managers; ``close()`` is idempotent and must leave no process behind.
+
+    Commands run in the target's private working directory (0700, made at start, removed at close), and a
+    relative path given to ``put``/``get`` means a file in it: nothing goes to a shared path such as /tmp.
     """
 
     spec: str
