@@ -27,6 +27,9 @@ Sources: docs/async-destroy-spec.md, checked against Debian linux-source-6.12 ``
   (``harness.kvm.warns``); the model says which may and which must not fire, and a ``kernel_log`` check
   step expects exactly that.
 
+Layout: this module is the kernel-independent machinery (step evaluation, the scheduler, generic KVM ops);
+``model_pv.py`` is the PV state machine; ``model_state.py`` the state both act on.
+
 Threads are run cooperatively: each runs until it blocks (``wait_event``, ``wait_step``, ``join``); the
 model repeats the evaluation for every scheduling order of the threads, so a race yields several allowed
 outcomes (``expect`` returns one alternative per distinct outcome).
@@ -36,117 +39,20 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import uapi
 from .caps import ASYNC_TEARDOWN_SINCE, Capabilities
 from .matchers import ANY, FD, OneOf, matches
-from .warns import MAY, MUST_NOT, WARN_SITES
+from .model_pv import PvSemantics
+from .model_state import (ASSUMED_DEFAULT_LIMIT_OK, MIB, PV_INFO_SINCE, TWO_GIB, UNKNOWN, Proc,  # noqa: F401
+                          Result, Vcpu, Vm, WarnSite, _Thread, clone_proc, fail, ok)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ANY", "FD", "OneOf", "matches", "Model", "concretize", "WarnSite"]
 
-TWO_GIB = 1 << 31
-MIB = 1 << 20
-ASSUMED_DEFAULT_LIMIT_OK = 1 << 40  # limits up to 1 TiB are below any s390 host's default (hamax / TASK_SIZE)
-PV_INFO_SINCE = (6, 0)
-# Without fix 292a7d6fca33 PREPARE replaces a segment-table ASCE and succeeds (rc=1 rrc=42).
-SMALL_VM_PIN = {"fix": "292a7d6fca33", "symptom": "PREPARE accepted a VM of ≤ 2 GiB"}
 
-
-# --- model state ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Vcpu:
-    vcpu_id: int
-    protected: bool = False
-    fd_open: bool = True
-
-
-@dataclass
-class Vm:
-    """One KVM VM and its protected configurations."""
-
-    label: str
-    protected: bool = False
-    generation: int = 0  # counts ENABLEs, to name configurations in the event log
-    set_aside: Optional[str] = None
-    need_cleanup: List[str] = field(default_factory=list)
-    mem_limit: Optional[int] = None  # None: the host's default (large)
-    memslots: Dict[int, Tuple[int, int]] = field(default_factory=dict)
-    vcpus: Dict[int, Vcpu] = field(default_factory=dict)
-    created_vcpus: int = 0
-    fd_open: bool = True
-    destroyed: bool = False
-
-    def config(self) -> str:
-        return f"{self.label}#pv{self.generation}"
-
-
-@dataclass
-class Proc:
-    """One process: its handles and VMs."""
-
-    label: str
-    handles: Dict[str, Tuple[str, Any]] = field(default_factory=dict)  # name -> (kind, object)
-    vms: List[Vm] = field(default_factory=list)
-
-
-@dataclass
-class Result:
-    """One step's expected outcome."""
-
-    ret: Any = 0
-    errno: Any = None
-    rc: Any = None
-    rrc: Any = None
-    data: Any = None
-    error: Any = None
-    sim: Any = None  # concrete data the model target reports where ``data`` is ANY
-    pin: Any = None  # {"fix", "symptom"}: the upstream fix this expectation comes from
-
-
-@dataclass(frozen=True)
-class WarnSite:
-    """A step reaches a ``protvirt destroy … failed`` WARN_ONCE: the model says it may or must not fire."""
-
-    step: str
-    function: str
-    message: str
-    verdict: str  # MUST_NOT or MAY
-
-    def describe(self) -> str:
-        return f"{self.step}: {self.function} {self.verdict} WARN ({self.message!r})"
-
-
-def ok(ret: Any = 0, data: Any = None, sim: Any = None) -> Result:
-    return Result(ret=ret, data=data, sim=sim)
-
-
-def fail(errno: Any, **kw: Any) -> Result:
-    return Result(ret=None, errno=errno, **kw)
-
-
-UNKNOWN = Result(ret=ANY, errno=ANY, rc=ANY, rrc=ANY, data=ANY)
-
-
-class _Thread:
-    def __init__(self, label: Optional[str], steps: List[Dict[str, Any]], proc: Proc) -> None:
-        self.label = label
-        self.steps = steps
-        self.pc = 0
-        self.proc = proc
-
-    @property
-    def done(self) -> bool:
-        return self.pc >= len(self.steps)
-
-
-class Killed(Exception):
-    """The process the step runs in was SIGKILLed at this step."""
 
 
 # --- the model --------------------------------------------------------------------------------------------
@@ -246,7 +152,7 @@ SIM_MEMINFO = {"MemTotal": 8 << 20, "MemFree": 6 << 20, "MemAvailable": 7 << 20,
                "AnonPages": 1 << 18}
 
 
-class _Run:
+class _Run(PvSemantics):
     """One evaluation of a step list under one thread scheduling order."""
 
     def __init__(self, caps: Capabilities, order: Optional[Tuple[str, ...]]) -> None:
@@ -343,11 +249,6 @@ class _Run:
         finally:
             self.current = outer
 
-    def _warn_site(self, key: str, verdict: str = MUST_NOT) -> None:
-        """The current step reaches the WARN_ONCE ``key`` (an Ultravisor destroy call that must not fail)."""
-        function, message = WARN_SITES[key]
-        self.warn_log.append(WarnSite(self.current, function, message, verdict))
-
     def _record(self, step: Dict[str, Any], result: Result, labels: Dict[str, Any],
                 optional: bool = False) -> Dict[str, Any]:
         record: Dict[str, Any] = {"name": step["name"], "op": step["op"], "ret": result.ret, "errno": result.errno}
@@ -377,47 +278,6 @@ class _Run:
         finally:
             self.current = outer
 
-    def _killed_pv(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any]) -> None:
-        """A PV command cut short by SIGKILL: what the kernel copied back stays observable.
-
-        The step's own record appears only if the ioctl returned to userspace before the kill (then it is
-        the completed result).  The agent keeps the ``struct kvm_pv_cmd`` of the ``kill_at`` step in memory
-        shared with the fork's parent, which reads it once the child is gone (``kill_pv`` in the fork's
-        record): the kernel's copy-back happens before the dying task returns to userspace.  PERFORM cut
-        short by the fatal signal (``kvm_s390_pv_deinit_aside_vm``) returns 0 with rc=1 rrc=42 and queues
-        the set-aside VM on ``need_cleanup``, where ``kvm_arch_destroy_vm`` finishes it.
-        """
-        name = step["name"]
-        rc_in, rrc_in = int(step["rc"]), int(step["rrc"])
-        vm = self._vm(proc, step["vm"])
-        perform = int(step["cmd"]) == uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM
-        interruptible = perform and vm is not None and vm.set_aside is not None and bool(self._async_enabled())
-        if interruptible:
-            completed = _Run(self.caps, self.order).op_pv(_clone_proc(proc), step)
-        else:
-            completed = self.op_pv(proc, step)
-        self._record(step, completed, labels, optional=True)
-        alternatives: List[Dict[str, Any]] = [{"step": name, "entered": False},
-                                              {"step": name, "entered": True, "rc": rc_in, "rrc": rrc_in}]
-        if completed.rc is not None:
-            alternatives.append({"step": name, "entered": True, "rc": completed.rc, "rrc": completed.rrc})
-        sim = {"step": name, "entered": True, "returned": False,
-               "rc": rc_in if completed.rc in (None, ANY) else completed.rc,
-               "rrc": rrc_in if completed.rrc in (None, ANY) else completed.rrc}
-        if interruptible:
-            assert vm is not None and vm.set_aside is not None
-            interrupted = {"step": name, "entered": True, "returned": False,
-                           "rc": uapi.UVC_RC_EXECUTED, "rrc": uapi.SET_ASIDE_RRC}
-            alternatives.append(interrupted)
-            sim = dict(interrupted)
-            self.events.append(f"fatal signal in PERFORM: {vm.set_aside} queued on need_cleanup, "
-                               "PERFORM returns 0 with rc=1 rrc=42")
-            vm.need_cleanup.append(vm.set_aside)
-            vm.set_aside = None
-        unique = list({repr(a): a for a in alternatives}.values())
-        self.kill_pv = (OneOf(*unique), sim)
-
-    # helpers
     @property
     def s390(self) -> bool:
         return self.caps.arch == "s390x"
@@ -456,38 +316,6 @@ class _Run:
                 obj.fd_open = False
         for vm in proc.vms:
             self._maybe_destroy(vm, by_exit=True)
-
-    def _maybe_destroy(self, vm: Vm, by_exit: bool = False) -> None:
-        """``kvm_arch_destroy_vm`` once the last fd is gone; on process exit the mm goes first.
-
-        At exit the PV mmu notifier (``kvm_s390_pv_mmu_notifier_release``) destroys the vCPUs and, with
-        destroy-fast, the current configuration; ``kvm_s390_pv_deinit_cleanup_all`` does the rest.
-        """
-        if vm.destroyed or vm.fd_open or any(v.fd_open for v in vm.vcpus.values()):
-            return
-        vm.destroyed = True
-        self._destroy_cpus(vm)
-        if vm.protected:
-            self._warn_site("fast" if by_exit and self.caps.destroy_fast is not False else "vm")
-        self._leftover_sites(([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup)
-        configs = ([vm.config()] if vm.protected else []) + ([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup
-        self.events.append(f"kvm_arch_destroy_vm({vm.label}): destroys vCPUs, then "
-                           + (", ".join(configs) if configs else "no protected configuration"))
-        vm.protected = False
-        vm.set_aside = None
-        vm.need_cleanup = []
-
-    def _destroy_cpus(self, vm: Vm) -> None:
-        """``kvm_s390_cpus_from_pv`` / vCPU teardown: destroys every protected vCPU."""
-        if any(v.protected for v in vm.vcpus.values()):
-            self._warn_site("cpu")
-        for vcpu in vm.vcpus.values():
-            vcpu.protected = False
-
-    def _leftover_sites(self, leftovers: List[str]) -> None:
-        """``kvm_s390_pv_dispose_one_leftover`` calls the Ultravisor only for a VM not destroyed fast."""
-        if leftovers and self.caps.destroy_fast is not True:
-            self._warn_site("leftover")
 
     def _fork(self, proc: Proc, step: Dict[str, Any], labels: Dict[str, Any]) -> Result:
         child = Proc(step["as"])
@@ -663,13 +491,6 @@ class _Run:
             return self._no_handle(step["vcpu"])
         return Result(ret=ANY, errno=ANY, data=ANY, sim={"exit_reason": 0})
 
-    def op_pv_cpu(self, proc: Proc, step: Dict[str, Any]) -> Result:
-        if self._handle(proc, step["vcpu"], "vcpu") is None:
-            return self._no_handle(step["vcpu"])
-        if not self.s390:
-            return fail("ENOTTY", rc=step["rc"], rrc=step["rrc"])
-        return UNKNOWN
-
     def op_close(self, proc: Proc, step: Dict[str, Any]) -> Result:
         if step["handle"] not in proc.handles:
             return self._no_handle(step["handle"])
@@ -738,155 +559,3 @@ class _Run:
         return ok(0)
 
     # --- KVM_S390_PV_COMMAND ---
-    def op_pv(self, proc: Proc, step: Dict[str, Any]) -> Result:
-        vm = self._vm(proc, step["vm"])
-        if vm is None:
-            return self._no_handle(step["vm"])
-        rc_in, rrc_in = int(step["rc"]), int(step["rrc"])
-
-        def unchanged(errno: str) -> Result:
-            return fail(errno, rc=rc_in, rrc=rrc_in)
-
-        if not self.s390:
-            return unchanged("ENOTTY")  # no such VM ioctl elsewhere
-        pvh = self.caps.prot_virt_host
-        if pvh is None:
-            return UNKNOWN
-        if not pvh:
-            return unchanged("EINVAL")  # early failure: not a PV host
-        if int(step["flags"]):
-            return unchanged("EINVAL")  # early failure: flags != 0
-        cmd = int(step["cmd"])
-        known = self._known_pv_cmd(cmd)
-        if known is None:
-            return UNKNOWN
-        if not known:
-            return unchanged("ENOTTY")
-        if cmd == uapi.PvCmd.KVM_PV_ENABLE:
-            return self._pv_enable(vm, unchanged)
-        if cmd == uapi.PvCmd.KVM_PV_DISABLE:
-            return self._pv_disable(vm, unchanged)
-        if cmd == uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PREPARE:
-            return self._pv_prepare(vm, unchanged)
-        if cmd == uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM:
-            return self._pv_perform(vm, unchanged, rc_in, rrc_in)
-        if cmd == uapi.PvCmd.KVM_PV_INFO:
-            return UNKNOWN
-        if not vm.protected:
-            return unchanged("EINVAL")  # SET_SEC_PARMS..DUMP all need a protected VM
-        if cmd == uapi.PvCmd.KVM_PV_SET_SEC_PARMS and int(step["data"]) == 0:
-            return unchanged("EFAULT")  # copy_from_user of the parameters from address 0
-        return UNKNOWN
-
-    def op_pv_protected(self, proc: Proc, step: Dict[str, Any]) -> Result:
-        """SET_SEC_PARMS with ``data = 0``: EINVAL on a VM that is not protected, EFAULT on one that is.
-
-        ``kvm_s390_handle_pv`` checks ``kvm_s390_pv_is_protected`` first, then copies the parameters from
-        the NULL pointer; neither path calls the Ultravisor, so rc/rrc come back as passed.
-        """
-        probe = dict(step, cmd=int(uapi.PvCmd.KVM_PV_SET_SEC_PARMS), flags=0, data=0)
-        result = self.op_pv(proc, probe)
-        if result is UNKNOWN or result.error is not None:
-            return result
-        protected = {"EFAULT": True, "EINVAL": False}.get(result.errno)
-        return Result(ret=result.ret, errno=result.errno, rc=result.rc, rrc=result.rrc,
-                      data={"protected": protected})
-
-    def op_kernel_log(self, proc: Proc, step: Dict[str, Any]) -> Result:
-        """A mark in the kernel log, or the WARNs printed since a mark: none the model says must not fire."""
-        since = step.get("since")
-        if since is None:
-            self.marks[step["name"]] = len(self.warn_log)
-            return ok(0, data=ANY, sim={"seq": 0})
-        if since not in self.marks:
-            return Result(ret=None, errno=None, error=ANY)
-        reached = self.warn_log[self.marks[since]:]
-        counts: Dict[str, Any] = {}
-        for message in step["match"]:
-            may = any(site.message == message and site.verdict == MAY for site in reached)
-            counts[message] = ANY if may else 0
-        sim = {"counts": {m: 0 for m in step["match"]}, "lines": [], "earlier": {m: 0 for m in step["match"]},
-               "source": "model"}
-        return ok(0, data={"counts": counts}, sim=sim)
-
-    def _known_pv_cmd(self, cmd: int) -> Optional[bool]:
-        if cmd in (uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PREPARE, uapi.PvCmd.KVM_PV_ASYNC_CLEANUP_PERFORM):
-            return self._version_at_least(ASYNC_TEARDOWN_SINCE)
-        if cmd in (uapi.PvCmd.KVM_PV_INFO, uapi.PvCmd.KVM_PV_DUMP):
-            return True if self._version_at_least(PV_INFO_SINCE) else None
-        return 0 <= cmd <= uapi.PvCmd.KVM_PV_UNSHARE_ALL
-
-    def _pv_enable(self, vm: Vm, unchanged: Any) -> Result:
-        if vm.protected:
-            return unchanged("EINVAL")
-        if not vm.memslots:
-            # Create Secure Configuration with a zero guest length: the Ultravisor refuses, rc/rrc are its own;
-            # if its rc asks for a destroy, kvm_s390_pv_init_vm calls kvm_s390_pv_deinit_vm.
-            self._warn_site("vm", MAY)
-            return fail("EIO", rc=ANY, rrc=ANY)
-        vm.protected = True
-        vm.generation += 1
-        for vcpu in vm.vcpus.values():
-            vcpu.protected = True
-        self.events.append(f"ENABLE: {vm.config()} created")
-        return Result(ret=0, rc=uapi.UVC_RC_EXECUTED, rrc=ANY)
-
-    def _pv_disable(self, vm: Vm, unchanged: Any) -> Result:
-        if not vm.protected:
-            return unchanged("EINVAL")
-        leftovers = ([vm.set_aside] if vm.set_aside else []) + vm.need_cleanup
-        self.events.append("DISABLE: destroys " + ", ".join([vm.config()] + leftovers))
-        self._destroy_cpus(vm)
-        self._warn_site("vm")
-        self._leftover_sites(leftovers)
-        vm.protected = False
-        vm.set_aside = None
-        vm.need_cleanup = []
-        return Result(ret=0, rc=uapi.UVC_RC_EXECUTED, rrc=ANY)
-
-    def _pv_prepare(self, vm: Vm, unchanged: Any) -> Result:
-        enabled = self._async_enabled()
-        if enabled is None:
-            return UNKNOWN
-        if not vm.protected or not enabled:
-            return unchanged("EINVAL")
-        self._destroy_cpus(vm)  # kvm_s390_cpus_from_pv runs before the set-aside checks
-        if vm.set_aside is not None:
-            self.events.append(f"PREPARE refused: {vm.set_aside} is still set aside")
-            return unchanged("EINVAL")
-        if vm.mem_limit is not None and vm.mem_limit <= TWO_GIB:
-            self.events.append(f"PREPARE refused: memory limit {vm.mem_limit} <= 2 GiB (segment-table ASCE)")
-            refused = unchanged("EINVAL")
-            refused.pin = dict(SMALL_VM_PIN)
-            return refused
-        if self.caps.destroy_fast is not False:
-            self._warn_site("fast")  # kvm_s390_pv_deinit_vm_fast in kvm_s390_pv_set_aside
-        vm.set_aside = vm.config()
-        vm.protected = False
-        self.events.append(f"PREPARE: {vm.set_aside} set aside, lower 2 GiB destroyed")
-        return Result(ret=0, rc=uapi.UVC_RC_EXECUTED, rrc=uapi.SET_ASIDE_RRC)
-
-    def _pv_perform(self, vm: Vm, unchanged: Any, rc_in: int, rrc_in: int) -> Result:
-        enabled = self._async_enabled()
-        if enabled is None:
-            return UNKNOWN
-        if not enabled:
-            return unchanged("EINVAL")
-        if vm.set_aside is None:
-            return unchanged("EINVAL")
-        self.events.append(f"PERFORM: {vm.set_aside} destroyed")
-        self._leftover_sites([vm.set_aside])
-        vm.set_aside = None
-        fast = self.caps.destroy_fast
-        if fast is None:
-            return Result(ret=0, rc=ANY, rrc=ANY)
-        if fast:
-            return Result(ret=0, rc=rc_in, rrc=rrc_in)  # destroyed fast in PREPARE: no Ultravisor call now
-        return Result(ret=0, rc=uapi.UVC_RC_EXECUTED, rrc=ANY)
-
-
-def _clone_proc(proc: Proc) -> Proc:
-    """A deep copy of a process's state, for 'what if this step had completed'."""
-    import copy
-
-    return copy.deepcopy(proc)
