@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 # name in the zipapp -> source file
-MODULES = {"agent.py": HERE / "agent.py", "uapi.py": HERE / "uapi.py",
+MODULES = {"agent.py": HERE / "agent.py", "steps.py": HERE / "steps.py", "uapi.py": HERE / "uapi.py",
            "arch_aliases.py": HERE.parent / "arch" / "aliases.py"}
 MAIN = "import sys\nimport agent\nsys.exit(agent.main())\n"
 _EPOCH = (1980, 1, 1, 0, 0, 0)

@@ -124,7 +124,7 @@ def is_model(target: Target) -> bool:
 def run_agent(target: Target, doc: Dict[str, Any], timeout: float = 300.0) -> AgentRun:
     """Run one step list with the agent (or the model, on the model target)."""
     if is_model(target):
-        from .agent import normalise_steps
+        from .steps import normalise_steps
 
         steps = json.loads(json.dumps(doc["steps"]))
         normalise_steps(steps, set(), "")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import uapi
-from .agent import SENTINEL_RC, SENTINEL_RRC, normalise_steps
+from .steps import SENTINEL_RC, SENTINEL_RRC, normalise_steps
 from .warns import PROTVIRT_WARNS
 
 GIB = 1 << 30

@@ -173,7 +173,7 @@ def test_the_bundle_runs_standalone_and_is_reproducible(tmp_path: Path) -> None:
     path = bundle.write_bundle(tmp_path)
     assert bundle.bundle_bytes.__wrapped__() == bundle.bundle_bytes.__wrapped__()
     with zipfile.ZipFile(path) as zf:
-        assert sorted(zf.namelist()) == ["__main__.py", "agent.py", "arch_aliases.py", "uapi.py"]
+        assert sorted(zf.namelist()) == ["__main__.py", "agent.py", "arch_aliases.py", "steps.py", "uapi.py"]
         assert zf.read("uapi.py") == Path(agent.__file__).with_name("uapi.py").read_bytes()
     code, records, stderr, _ = run_agent({"steps": [{"op": "sleep", "ms": 1, "name": "s"}]}, bundle_path=path)
     assert code == 0 and by_name(records, "s")["ret"] == 0, stderr
@@ -183,10 +183,12 @@ def test_the_bundle_runs_standalone_and_is_reproducible(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(sys, "stdlib_module_names"), reason="needs Python 3.10+ to list stdlib modules")
 def test_agent_source_is_python39_syntax_and_imports_only_the_stdlib() -> None:
-    for path in (AGENT, AGENT.with_name("uapi.py"), AGENT.parents[1] / "arch" / "aliases.py"):
+    shipped_files = (AGENT, AGENT.with_name("uapi.py"), AGENT.with_name("steps.py"),
+                     AGENT.parents[1] / "arch" / "aliases.py")
+    for path in shipped_files:
         tree = ast.parse(path.read_text(), feature_version=(3, 9))
         for node in ast.walk(tree):
-            shipped = ("uapi", "arch_aliases", "aliases")  # the bundle's own modules
+            shipped = ("uapi", "steps", "arch_aliases", "aliases")  # the bundle's own modules
             if isinstance(node, ast.ImportFrom) and node.level == 0:
                 assert node.module.split(".")[0] in (*sys.stdlib_module_names, *shipped), node.module
             if isinstance(node, ast.Import):
@@ -218,3 +220,13 @@ def test_agent_runs_on_other_pythons(version: str, tmp_path: Path) -> None:
     assert code == 0, stderr
     assert stderr == ""  # e.g. no fork-with-threads DeprecationWarning on 3.12+
     assert records[0]["data"]["python"].startswith(version)
+
+
+def test_the_step_schema_imports_without_the_agent() -> None:
+    """The host validates step lists with the schema alone: importing it loads no libc and not the agent."""
+    code = ("import sys; import harness.kvm.steps as s; "
+            "assert 'harness.kvm.agent' not in sys.modules, 'the agent was imported'; "
+            "print(len(s.OPS))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 20
