@@ -9,6 +9,9 @@ Output: JSON lines ``{"name", "op", "ret", "errno", "rc", "rrc", "duration_ns", 
 and a final ``{"op": "end", "ok": ..., "exit": ...}``.  Exit status: 0 all steps ran, 1 a step raised an
 unexpected error, 2 malformed input (nothing was run), 3 a step outlived its deadline.
 A failing ioctl is data (``errno``), not an agent error.
+
+Why one module of this size: it is the program shipped to targets, standard library only, as few files as
+possible (its schema is ``steps.py``, its ABI ``uapi.py``); every op's ioctl code is here, next to the executor.
 """
 
 from __future__ import annotations

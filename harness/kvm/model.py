@@ -33,6 +33,9 @@ Layout: this module is the kernel-independent machinery (step evaluation, the sc
 Threads are run cooperatively: each runs until it blocks (``wait_event``, ``wait_step``, ``join``); the
 model repeats the evaluation for every scheduling order of the threads, so a race yields several allowed
 outcomes (``expect`` returns one alternative per distinct outcome).
+
+Why one module of this size: the evaluator, its cooperative scheduler and the generic KVM ops share one
+run state; the PV state machine, the part to check against the spec, is ``model_pv.py``.
 """
 
 from __future__ import annotations

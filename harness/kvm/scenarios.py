@@ -3,6 +3,9 @@
 ``SCENARIOS`` maps a name to a ``Scenario``.  ``needs`` says what the target must offer (see
 ``harness.kvm.probe.pv_skip_reason``): ``kvm`` (any KVM host), ``s390_kvm``, ``pv_host`` or ``async``.
 Run one with ``harness.kvm.runner.run_scenario(target, SCENARIOS[name], caps)``.
+
+Why one module of this size: it is the catalogue of scenarios, each a short list of steps; splitting it
+would only scatter them.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ build area under the cache, the harness's C selftests are dropped into the copy,
 Concurrent runs share the cache safely: ``<key>.lock`` (exclusive) serialises building and loading
 an entry, and every process that uses an entry holds ``<key>.use`` shared until it exits
 (:func:`hold_build`).  Pruning removes only entries it can lock both ways, least recently used first.
+
+Why one module of this size: one job, the cached out-of-tree build of the selftests; copying, keys, locking
+and pruning all act on the same cache entries.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ program on the session's target; each KTAP subtest is reported as ``…::program
 own outcome, so JUnit shows every subtest's skip reason or failure message.
 
 The harness plugin registers this module as a plugin and calls ``add_options``.
+
+Why one module of this size: it is pytest's side of the selftests (collection, items, subtest reports,
+the per-session state they share); the verdicts are ``expectations.py`` and ``verdict.py``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ from the main thread) the kernel kills it if the Python process dies (``PR_SET_P
 QEMU is also recorded in the cache (:mod:`harness.targets.qemu_registry`), so a QEMU that outlived a
 killed harness anyway is ended when the next one starts.  Commands run in a private working directory
 in the guest (``workdir()``), where relative paths of ``put``/``get`` land.
+
+Why one module of this size: one job, the life of one local QEMU guest (start, accelerator fallback, wait,
+guard, close, reaping after a killed run); its command line is ``qemu_argv.py``, its console ``transport/``.
 """
 
 from __future__ import annotations

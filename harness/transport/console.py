@@ -13,6 +13,9 @@ a random token; the exit status follows an end marker.  Lines without the prefix
 echo and prompts or kernel messages printed while the command ran, and are left out of the
 result.  The token is passed in a shell variable, so the echo of the typed line never contains a
 marker.
+
+Why one module of this size: the console process and its expect stream share one reader thread and buffer;
+the shell protocol on top is ``console_shell.py``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ outlives its timeout is killed together with everything it started (found by tha
 ``/proc/*/environ``) over another channel.  The remote shell must be POSIX ``sh``.  Files move
 over SFTP when the server offers it, otherwise over an exec channel (``cat > file`` /
 ``cat file``); both are byte-exact.
+
+Why one module of this size: one paramiko connection and everything that must hold it (deadlines,
+keepalives, held channels, SFTP with stall detection, killing a command's processes).
 """
 
 from __future__ import annotations
