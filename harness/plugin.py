@@ -150,17 +150,6 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         if window.start is not None:
             holder.cursors[id(target)] = window.start
     outcome = yield
-    if item.config.getoption("--kvm-retry-failed") and outcome.excinfo is not None:
-        exc = outcome.excinfo[1]
-        if not isinstance(exc, (pytest.skip.Exception, pytest.xfail.Exception, KeyboardInterrupt)):
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            try:
-                item.runtest()
-            except Exception:  # noqa: BLE001 - the retry failed too: keep the first failure
-                pass
-            else:
-                item._kvm_flaky = first  # type: ignore[attr-defined]
-                outcome.force_result(None)
     skipped = outcome.excinfo is not None and isinstance(outcome.excinfo[1], pytest.skip.Exception)
     if window is not None and not skipped:
         result = window.close(_expected_splat_kinds(item))
@@ -168,9 +157,37 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             holder.cursors[id(target)] = window.end
         if result is not None:
             _attach_window(item, holder, result)
-    flaky = getattr(item, "_kvm_flaky", None)
-    if flaky is not None:
-        item.user_properties.append(("flaky", f"passed on retry; first attempt: {flaky}"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Optional[bool]:
+    """``--kvm-retry-failed``: a test whose call failed runs once more, set up afresh (function fixtures too).
+
+    A pass on the retry is reported as FLAKY, with the first failure as the ``flaky`` property; a retry that
+    fails again (an infrastructure error included) is reported as it is, never swallowed. Failures in setup
+    are not retried: they are infrastructure, not the test.
+    """
+    if not item.config.getoption("--kvm-retry-failed"):
+        return None
+    from _pytest.runner import runtestprotocol  # the protocol pytest itself runs; there is no public one
+
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    # The first attempt tears down the test itself but nothing above it (its module, class, session fixtures).
+    reports = runtestprotocol(item, nextitem=item.parent, log=False)  # type: ignore[arg-type]
+    call = next((r for r in reports if r.when == "call"), None)
+    if call is not None and call.failed and not hasattr(call, "wasxfail"):
+        crash = getattr(call.longrepr, "reprcrash", None)
+        text = crash.message if crash is not None else call.longreprtext
+        first = (text.strip().splitlines() or ["failed"])[0]
+        item._kvm_first_failure = first  # type: ignore[attr-defined]
+        # runtestprotocol ends by dropping the item's fixture request: the retry sets everything up afresh.
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    elif nextitem is not item:
+        item.session._setupstate.teardown_exact(nextitem)  # what the first run left for the next item
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
 
 
 def _attach_window(item: pytest.Item, holder: SessionTarget, result: Any) -> None:
@@ -192,12 +209,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = outcome.get_result()
     if call.when != "call":
         return
-    if getattr(item, "_kvm_flaky", None) is not None:
-        report.kvm_flaky = True
     window = getattr(item, "_kvm_window", None)
     if window is not None and window.splats and report.outcome != "failed":
         report.outcome = "failed"
         report.longrepr = splat_failure_message(window.splats)
+    first = getattr(item, "_kvm_first_failure", None)
+    if first is not None and report.passed:
+        report.kvm_flaky = True
+        item.user_properties.append(("flaky", f"passed on retry; first attempt: {first}"))  # JUnit reads them
         if hasattr(report, "wasxfail"):
             del report.wasxfail
 

@@ -135,3 +135,35 @@ def test_retry_reports_flaky(fake: pytest.Pytester) -> None:
     props = {p.get("name"): p.get("value") for p in cases["test_sometimes"].iter("property")}
     assert "first attempt fails" in props["flaky"]
     assert cases["test_always"].find("failure") is not None
+
+
+def test_retry_sets_up_afresh_and_reports_a_failing_retry(fake: pytest.Pytester) -> None:
+    """The second attempt gets new function fixtures; an error in it is reported, not swallowed."""
+    fake.makepyfile(test_retry='''
+        import pytest
+        setups = []
+        attempts = []
+
+        @pytest.fixture
+        def scratch():
+            setups.append(1)
+            yield {"fresh": True}
+
+        def test_needs_fresh_fixture(kvm_target, scratch):
+            attempts.append(1)
+            assert scratch.pop("fresh"), "fixture reused"
+            assert len(attempts) > 1, "first attempt fails"
+
+        def test_retry_breaks_differently(kvm_target):
+            attempts.append(2)
+            if attempts.count(2) == 1:
+                assert False, "first failure"
+            raise RuntimeError("infrastructure went away in the retry")
+
+        def test_setup_counts():
+            assert len(setups) == 2
+    ''')
+    result = fake.runpytest("--kvm-retry-failed", "-v")
+    result.stdout.fnmatch_lines(["*test_needs_fresh_fixture FLAKY*", "*test_retry_breaks_differently FAILED*",
+                                 "*test_setup_counts PASSED*"])
+    assert "infrastructure went away in the retry" in result.stdout.str()
