@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
+from .results.junit_hook import junit_writer
 from . import __version__, parallel, progress, stages
 from .errors import HarnessError
 from .results.window import KernelLogWindow, can_read_kernel_log, splat_failure_message
@@ -82,9 +83,7 @@ def _progress_through_capture(config: pytest.Config) -> None:
 
 def _junit_keeps_kernel_log(config: pytest.Config) -> None:
     """Unless the user chose otherwise, put each test's kernel log excerpt into its JUnit system-out."""
-    from _pytest.junitxml import xml_key
-
-    xml = config.stash.get(xml_key, None)
+    xml = junit_writer(config)
     if xml is not None and getattr(xml, "logging", None) == "no":
         xml.logging = "system-out"
 
@@ -213,12 +212,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if window is not None and window.splats and report.outcome != "failed":
         report.outcome = "failed"
         report.longrepr = splat_failure_message(window.splats)
+        if hasattr(report, "wasxfail"):
+            del report.wasxfail
     first = getattr(item, "_kvm_first_failure", None)
     if first is not None and report.passed:
         report.kvm_flaky = True
         item.user_properties.append(("flaky", f"passed on retry; first attempt: {first}"))  # JUnit reads them
-        if hasattr(report, "wasxfail"):
-            del report.wasxfail
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
@@ -244,9 +243,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config._kvm_session_splats = stray  # type: ignore[attr-defined]
     if not stray:
         return
-    from _pytest.junitxml import xml_key
-
-    xml = session.config.stash.get(xml_key, None)
+    xml = junit_writer(session.config)
     for splat in stray:
         if xml is not None:
             xml.add_global_property("session_splat", f"{splat.kind}: {splat.fingerprint}")
@@ -256,9 +253,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def _stages_as_properties(config: pytest.Config) -> None:
     """The stage timeline as JUnit testsuite properties ``stage:<name>`` = seconds."""
-    from _pytest.junitxml import xml_key
-
-    xml = config.stash.get(xml_key, None)
+    xml = junit_writer(config)
     if xml is None:
         return
     for record in stages.records(getattr(config, "_kvm_stage_mark", 0)):

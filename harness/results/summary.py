@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from .junit_hook import junit_writer
 from ..session import find_holder
 
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "flaky")
@@ -102,9 +103,7 @@ def is_model_run(config: pytest.Config) -> bool:
 
 def record_headline(session: pytest.Session) -> None:
     """Put the headline into the JUnit file (testsuite property ``summary``) before it is written."""
-    from _pytest.junitxml import xml_key
-
-    xml = session.config.stash.get(xml_key, None)
+    xml = junit_writer(session.config)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if xml is None or reporter is None:
         return

@@ -25,8 +25,8 @@ from typing import Any, Iterator, Optional, Union
 
 import pytest
 from _pytest._code.code import ReprFileLocation, TerminalRepr
-from _pytest.reports import TestReport
 
+from ..results.junit_hook import junit_writer
 from ..errors import HarnessError
 from ..stages import stage
 from .build import SelftestBuild, build_selftests, harness_arch
@@ -394,7 +394,7 @@ class SelftestItem(pytest.Item):
             longrepr = (str(self.path), 1, f"Skipped: {verdict.message}")
         elif outcome == "failed":
             longrepr = _SelftestRepr(_failure_text(verdict.message, sub.log), path, _headline(verdict.message))
-        report = TestReport(nodeid, location, keywords, "skipped" if outcome == "xfailed" else outcome,
+        report = pytest.TestReport(nodeid, location, keywords, "skipped" if outcome == "xfailed" else outcome,
                             longrepr, "call", sections=[], duration=0.0, start=now, stop=now)
         if outcome == "xfailed":
             report.wasxfail = verdict.message
@@ -402,11 +402,11 @@ class SelftestItem(pytest.Item):
         self._uncount_progress(report)
         props = [(PROP_PROGRAM, self.program), (PROP_SUBTEST, name), (PROP_OUTCOME, sub.outcome.value),
                  (PROP_REASON, _clip(sub.reason, REASON_LIMIT))]
-        teardown = TestReport(nodeid, location, keywords, "passed", None, "teardown", sections=[],
+        teardown = pytest.TestReport(nodeid, location, keywords, "passed", None, "teardown", sections=[],
                               duration=0.0, user_properties=props, start=now, stop=now)
         self.ihook.pytest_runtest_logreport(report=teardown)
 
-    def _uncount_progress(self, report: TestReport) -> None:
+    def _uncount_progress(self, report: pytest.TestReport) -> None:
         """Keep pytest's ``[NN%]`` column at items run / items collected: a subtest is not a collected item."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         reported = getattr(reporter, "_progress_nodeids_reported", None)
@@ -430,9 +430,7 @@ def _record_facts_once(config: pytest.Config, target: Any) -> None:
     if state.facts_recorded:
         return
     state.facts_recorded = True
-    from _pytest.junitxml import xml_key
-
-    xml = config.stash.get(xml_key, None)
+    xml = junit_writer(config)
     if xml is None:
         return
     try:
