@@ -57,8 +57,9 @@ class NestedHostInfo:
     cpus: int
 
 
-def probe_nested(host: Target, binary: Optional[str] = None, guest_arch: str = "s390x") -> NestedHostInfo:
-    binary = binary or get_arch(guest_arch).qemu_binary
+def probe_nested(host: Target, binary: Optional[str] = None) -> NestedHostInfo:
+    """What the host offers a nested guest; ``binary`` is its QEMU (default: the s390x guest's)."""
+    binary = binary or get_arch("s390x").qemu_binary
     values = dict(line.split("=", 1) for line in host.run(_NESTED_PROBE.format(binary=binary), timeout=60)
                   .stdout.splitlines() if "=" in line)
     cpus = values.get("cpus", "1")
@@ -139,12 +140,12 @@ class NestedQemuTarget(Target):
         self.qemu_pid = 0
 
     def skip_reason(self) -> Optional[str]:
-        return nested_skip_reason(probe_nested(self.host, guest_arch=self.arch), self.arch)
+        return nested_skip_reason(probe_nested(self.host, get_arch(self.arch).qemu_binary), self.arch)
 
     def start(self) -> None:
         if self.owns_host and not self.host.connected():
             self.host.start()
-        info = probe_nested(self.host, guest_arch=self.arch)
+        info = probe_nested(self.host, get_arch(self.arch).qemu_binary)
         reason = nested_skip_reason(info, self.arch)
         if reason:
             raise InfrastructureError(f"cannot run a nested guest on {self.host.spec}: {reason}")
