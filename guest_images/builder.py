@@ -17,7 +17,7 @@ from harness.debian_pool import fetch_all, mirrors_from
 from harness.errors import InfrastructureError, UsageError
 from harness.hashing import file_sha256
 from harness.locks import file_lock, try_file_lock
-from harness.paths import cache_subdir
+from harness.paths import cache_subdir, staged_replacement
 from harness import progress
 from harness.stages import stage
 
@@ -235,9 +235,9 @@ def _build_locked(recipe: Recipe, resolution: Resolution, user: Optional[UserKer
                   directory: Path, mirrors: Sequence[str], work: Path) -> GuestImage:
     started = time.monotonic()
     root = work / "rootfs"
-    root.mkdir(parents=True, mode=0o700)
-    work.chmod(0o700)
-    try:
+    with staged_replacement(work, directory):
+        root.mkdir(parents=True, mode=0o700)
+        work.chmod(0o700)
         name = _stage_name(recipe.arch)
         progress.update(name, total=sum(p.size for p in resolution.pins), unit="B",
                         current=f"{len(resolution.pins)} packages")
@@ -285,12 +285,6 @@ def _build_locked(recipe: Recipe, resolution: Resolution, user: Optional[UserKer
             "built_at": time.time(),
         }
         (work / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        work.rename(directory)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return _load(directory)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def cache_dir() -> Path:
@@ -23,3 +26,20 @@ def cache_subdir(name: str) -> Path:
     path = cache_dir() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def staged_replacement(staging: Path, dest: Path) -> Iterator[Path]:
+    """Yield ``staging`` to fill; when the block completes, it replaces ``dest`` by a rename.
+
+    Whatever happens, no staging directory is left behind, and a block that fails leaves ``dest`` as it was.
+    ``staging`` must be on ``dest``'s file system (beside it), so the rename is atomic.
+    """
+    try:
+        yield staging
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging.rename(dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

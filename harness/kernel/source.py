@@ -15,7 +15,7 @@ from ..debian_lock import Lock, check_served, diff_locks, first_served, load_loc
 from ..debian_pool import PinnedPackage, fetch, mirrors_from
 from ..errors import EXIT_INFRA, InfrastructureError, UsageError
 from ..locks import file_lock
-from ..paths import cache_subdir
+from ..paths import cache_subdir, staged_replacement
 from .. import progress
 from ..stages import stage
 
@@ -90,17 +90,10 @@ def linux_source(package: str = DEFAULT_SOURCE_PACKAGE, mirrors: Sequence[str] =
     with file_lock(src / f".{dest.name}.lock", what=f"unpacking {package} {pin.version}"):
         if (dest / ".kvmh-complete").exists():
             return _tree_in(dest)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=src))
-        try:
-            name = f"source: {package} {pin.version}"
-            with stage(name):
-                _fetch_and_unpack(pin, staging, mirrors, name)
-            if dest.exists():
-                shutil.rmtree(dest)
-            staging.rename(dest)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        name = f"source: {package} {pin.version}"
+        with staged_replacement(Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=src)), dest) as staging, \
+                stage(name):
+            _fetch_and_unpack(pin, staging, mirrors, name)
     return _tree_in(dest)
 
 

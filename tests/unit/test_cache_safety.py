@@ -217,3 +217,22 @@ def test_host_side_tools_have_deadlines(monkeypatch: pytest.MonkeyPatch, tmp_pat
     with pytest.raises(InfrastructureError, match="ABI probe"):
         abi_check.build_probe("s390x", tmp_path, tmp_path / "out")
     assert seen and all(isinstance(t, (int, float)) and t > 0 for t in seen)
+
+
+def test_a_staged_directory_replaces_its_destination_only_when_complete(tmp_path: Path) -> None:
+    from harness.paths import staged_replacement
+
+    dest = tmp_path / "tree"
+    dest.mkdir()
+    (dest / "old").write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged_replacement(tmp_path / ".tree.stage1", dest) as staging:
+            staging.mkdir()
+            (staging / "half").write_text("half")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"] and (dest / "old").exists()
+    with staged_replacement(tmp_path / ".tree.stage2", dest) as staging:
+        staging.mkdir()
+        (staging / "new").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]
+    assert [p.name for p in dest.iterdir()] == ["new"]
