@@ -27,7 +27,8 @@ from .history import target_slug
 
 HOSTED = "ubuntu-latest"
 SELF_HOSTED = ("self-hosted", "s390x")
-ENGINES = ("github", "gitlab")
+ENGINES = ("github", "gitlab", "lava")
+"""``kvmh ci emit`` engines; lava jobs are written by ci_emit_lava.py, which add_fleet_parsers wires in."""
 
 
 @dataclass(frozen=True)
@@ -205,16 +206,16 @@ def gitlab_ci(targets: list[JobTarget], nightly_tree: Optional[str] = None,
 
 
 def emit(engine: str, targets_file: Path, nightly_tree: Optional[str] = None) -> str:
-    if engine not in ENGINES:
-        raise UsageError(f"unknown CI engine {engine!r}: pass github or gitlab")
+    if engine not in ("github", "gitlab"):
+        raise UsageError(f"unknown CI engine {engine!r} here: pass github or gitlab (lava: ci_emit_lava.emit_lava)")
     targets = read_targets(targets_file)
     return (github_workflow if engine == "github" else gitlab_ci)(targets, nightly_tree)
 
 
-def add_ci_parser(sub: argparse._SubParsersAction) -> None:
+def add_ci_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p = sub.add_parser("ci", help="run kvmh on a CI engine: emit a pipeline, merge JUnit files")
     csub = p.add_subparsers(dest="ci_command", metavar="ACTION")
-    pe = csub.add_parser("emit", help="write a GitHub workflow or .gitlab-ci.yml: one job per target, then a merge")
+    pe = csub.add_parser("emit", help="write a GitHub workflow, .gitlab-ci.yml or LAVA jobs: one job per target")
     pe.add_argument("engine", choices=ENGINES)
     pe.add_argument("--targets", type=Path, required=True, help="targets file: TARGET [RUNNER LABELS...] a line")
     pe.add_argument("--nightly-tree", metavar="TREE", help="run kvmh nightly on this tree instead of kvmh run")
@@ -224,6 +225,7 @@ def add_ci_parser(sub: argparse._SubParsersAction) -> None:
     pm.add_argument("--out", type=Path, required=True)
     pm.add_argument("files", type=Path, nargs="+")
     pm.set_defaults(func=merge_main)
+    return csub
 
 
 def emit_main(args: argparse.Namespace) -> int:

@@ -122,9 +122,10 @@ def format_answer(answer: dict, last: int) -> str:
 
 
 def add_fleet_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``kvmh nightly``, ``kvmh history`` and ``kvmh ci emit`` on the CLI's subcommands."""
+    """Register ``kvmh nightly``, ``kvmh history`` and ``kvmh ci emit|merge|lava-cases`` on the CLI's subcommands."""
     from .ci_emit import add_ci_parser
+    from .ci_emit_lava import add_lava_parsers
 
     add_nightly_parser(sub).set_defaults(func=nightly_main)
     add_history_parser(sub).set_defaults(func=history_main)
-    add_ci_parser(sub)
+    add_lava_parsers(add_ci_parser(sub))  # ci_emit_lava imports ci_emit, so the LAVA parts are added here
