@@ -85,7 +85,7 @@ def nested_qemu_argv(arch: str, options: TargetOptions, remote_dir: str, port: i
     spec = get_arch(arch)
     return qemu_argv(spec, binary=binary or spec.qemu_binary, accelerator="kvm",
                      kernel=f"{remote_dir}/vmlinuz",
-                     initrd=f"{remote_dir}/initrd.img", port=port, host_cpus=host_cpus,
+                     initrd=f"{remote_dir}/initrd.img", port=port, host_cpus=options.guest_cpus_of(host_cpus),
                      memory_mb=options.memory_mb, smp=options.smp, console_file=f"{remote_dir}/console.log",
                      extra_cmdline=options.extra_cmdline)
 

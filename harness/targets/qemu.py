@@ -195,7 +195,7 @@ class QemuTarget(Target):
     def qemu_argv(self, binary: str, accelerator: str, port: int) -> list[str]:
         """The QEMU command line for ``accelerator`` with SSH forwarded from 127.0.0.1:``port``."""
         return qemu_argv(self.arch_spec, binary=binary, accelerator=accelerator, kernel=self.image.kernel,
-                         initrd=self.image.initrd, port=port, host_cpus=os.cpu_count() or 1,
+                         initrd=self.image.initrd, port=port, host_cpus=self.options.guest_cpus_of(os.cpu_count() or 1),
                          memory_mb=self.options.memory_mb, smp=self.options.smp,
                          extra_cmdline=self.options.extra_cmdline)
 

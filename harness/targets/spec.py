@@ -29,6 +29,11 @@ class TargetOptions:
     ssh_key: Optional[Path] = None
     known_hosts: Optional[Path] = None
     accept_new_host_key: bool = False
+    guests_sharing_host: int = 1  # parallel workers, each booting its own guest on the same host
+
+    def guest_cpus_of(self, host_cpus: int) -> int:
+        """The host CPUs one guest may use: all of them, or its fair share when workers boot several guests."""
+        return max(1, host_cpus // max(1, self.guests_sharing_host))
 
 
 @dataclass(frozen=True)
