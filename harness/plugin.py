@@ -13,7 +13,8 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from .results.junit_hook import junit_writer
+from .results import workers
+from .results.junit_hook import junit_writer, suite_property
 from . import __version__, parallel, progress, stages
 from .errors import HarnessError
 from .results.window import KernelLogWindow, can_read_kernel_log, splat_failure_message
@@ -57,6 +58,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "kvm_expected_splat(*kinds): the test provokes kernel splats of these kinds on purpose")
     parallel.configure(config)  # xdist: this worker's target and artifacts, serial groups, worker in JUnit
+    if workers.in_worker(config):
+        config.pluginmanager.register(_WorkerExport(), "kvm_harness_worker_export")
+    else:
+        config.pluginmanager.register(workers.ControllerRelay(config), "kvm_harness_worker_relay")
     install_holder(config)
     install_sigterm_handler()
     _progress_through_capture(config)
@@ -65,6 +70,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.pluginmanager.is_registered(pytest_items):
         config.pluginmanager.register(pytest_items, "kvm_harness_selftests")
+
+
+class _WorkerExport:
+    """In an xdist worker: hand the target's facts to the controller once everything else has finished."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        from .results.summary import CAPS_KEY
+
+        workers.export(session.config, session.config.stash.get(CAPS_KEY, None))
 
 
 def _progress_through_capture(config: pytest.Config) -> None:
@@ -105,21 +120,22 @@ def _artifacts(config: pytest.Config) -> Optional[Path]:
 
 
 @pytest.fixture(scope="session")
-def kvm_target(request: pytest.FixtureRequest, record_testsuite_property: Any) -> Iterator[Target]:
+def kvm_target(request: pytest.FixtureRequest) -> Iterator[Target]:
     """The started target under test, shared by the whole session."""
-    holder = holder_of(request.config)
+    config = request.config
+    holder = holder_of(config)
     target = holder.get()
-    record_testsuite_property("harness_version", __version__)
-    for item in request.config.getoption("--kvm-property"):
+    suite_property(config, "harness_version", __version__)
+    for item in config.getoption("--kvm-property"):
         name, _, value = item.partition("=")
-        record_testsuite_property(name, value)
+        suite_property(config, name, value)
     try:
         facts = target.facts()
     except HarnessError as err:
         log.warning("could not read the target's facts: %s", err)
     else:
         for name, value in facts.as_properties().items():
-            record_testsuite_property(name, value)
+            suite_property(config, name, value)
         artifacts = _artifacts(request.config)
         if artifacts is not None:
             (artifacts / "facts.json").write_text(json.dumps(facts.as_properties(), indent=2) + "\n")
@@ -230,6 +246,13 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Record splats printed outside any test's window, and the session's kernel log, before JUnit is written."""
     _stages_as_properties(session.config)
+    from_workers = workers.seen(session.config)
+    if from_workers is not None:
+        from .results.summary import record_headline
+
+        record_headline(session)  # the suites' conftest records it, but an xdist controller never loads it
+        if from_workers.session_splats and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a worker's kernel splatted outside any test
     holder = holder_of(session.config)
     if holder.session_cursor is None or holder.target is None:
         return

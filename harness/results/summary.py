@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from . import workers
 from .junit_hook import junit_writer
 from ..session import find_holder
 
@@ -86,8 +87,16 @@ def headline(config: pytest.Config, stats: Dict[str, List[Any]]) -> Optional[str
     if is_model_run(config):
         return model_line(counts, skip_reasons(stats))
     if total and not any(counts[o] for o in RAN):
-        return nothing_ran(total, config.stash.get(CAPS_KEY, None), skip_reasons(stats))
+        return nothing_ran(total, _caps(config), skip_reasons(stats))
     return None
+
+
+def _caps(config: pytest.Config) -> Any:
+    """The probed capabilities: this process's, or (in an xdist controller) those its workers reported."""
+    caps = config.stash.get(CAPS_KEY, None)
+    if caps is None and workers.seen(config) is not None:
+        caps = workers.seen(config).caps
+    return caps
 
 
 def is_model_run(config: pytest.Config) -> bool:
@@ -96,16 +105,17 @@ def is_model_run(config: pytest.Config) -> bool:
     if target is not None:
         return getattr(target, "kind", "") == "model"
     try:
-        return config.getoption("--kvm-target") == "model"
+        targets = getattr(config.option, "kvm_targets", None) or [config.getoption("--kvm-target")]
     except ValueError:
         return False
+    return all(t == "model" for t in targets)
 
 
 def record_headline(session: pytest.Session) -> None:
     """Put the headline into the JUnit file (testsuite property ``summary``) before it is written."""
     xml = junit_writer(session.config)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if xml is None or reporter is None:
+    if xml is None or reporter is None or workers.in_worker(session.config):
         return
     line = headline(session.config, reporter.stats)
     if line is not None:
@@ -115,7 +125,8 @@ def record_headline(session: pytest.Session) -> None:
 def write_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Print a short table; only when the run used a KVM target."""
     holder = find_holder(config)
-    if holder is None or (holder.target is None and holder.error is None):
+    from_workers = workers.seen(config)
+    if holder is None or (holder.target is None and holder.error is None and from_workers is None):
         return
     stats = terminalreporter.stats
     tr = terminalreporter
@@ -128,13 +139,14 @@ def write_summary(terminalreporter: Any, config: pytest.Config) -> None:
         tr.write_line("model results: " + "  ".join(f"{name}: {counts[name]}" for name in OUTCOMES))
     else:
         tr.write_line("  ".join(f"{name}: {counts[name]}" for name in OUTCOMES))
-    target = config.getoption("--kvm-target")
-    tr.write_line(f"target: {target}")
-    if holder.error is not None:
-        tr.write_line(f"infrastructure failure: {holder.error}", red=True)
+    targets = getattr(config.option, "kvm_targets", None) or [config.getoption("--kvm-target")]
+    tr.write_line(("targets: " if len(set(targets)) > 1 else "target: ") + ", ".join(dict.fromkeys(targets)))
+    errors = [str(holder.error)] if holder.error is not None else []
+    for error in errors + (from_workers.errors if from_workers else []):
+        tr.write_line(f"infrastructure failure: {error}", red=True)
     splats = [p for reports in stats.values() for r in reports if isinstance(r, pytest.TestReport)
               for p in r.user_properties if p[0] == "splat"]
-    stray = getattr(config, "_kvm_session_splats", [])
+    stray = getattr(config, "_kvm_session_splats", []) + (from_workers.session_splats if from_workers else [])
     if splats or stray:
         tr.write_line(f"kernel splats: {len(splats)} in tests, {len(stray)} outside any test", red=True)
         for _name, value in splats:

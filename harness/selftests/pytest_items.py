@@ -119,6 +119,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Optional[p
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm_selftest: a C KVM selftest program (or one of its subtests)")
+    if not _under_xdist(config):
+        config.pluginmanager.register(_SubtestRelay(config), "kvm_harness_subtest_relay")
 
 
 # -- session state -------------------------------------------------------------------------------
@@ -308,6 +310,7 @@ class SelftestItem(pytest.Item):
         self.add_marker(pytest.mark.kvm_selftest)
         self.kvm_target = None
         self._reported = False
+        self.xdist_subtests: list[dict[str, Any]] = []  # in an xdist worker: subtests for the controller
 
     def setup(self) -> None:
         from ..session import holder_of
@@ -375,44 +378,28 @@ class SelftestItem(pytest.Item):
             out.append((sub, verdict))
             if emit:
                 state.records.append(ResultRecord(self.program, name, sub.outcome.value, sub.reason))
+                spec = self._subtest_spec(name, sub, verdict)
                 if _under_xdist(self.config):
-                    # xdist accepts reports only for the items it scheduled: a subtest becomes a property.
-                    self.user_properties.append((f"subtest {name}", f"{verdict.outcome}: {_clip(sub.reason, 500)}"))
+                    # xdist accepts reports only for the items it scheduled: the controller reports them
+                    # (the spec rides on this item's call report; see _SubtestRelay).
+                    self.xdist_subtests.append(spec)
                 else:
-                    self._emit(name, sub, verdict)
+                    emit_subtest(self.config, spec)
         return out
 
-    def _emit(self, name: str, sub: TestResult, verdict: Verdict) -> None:
-        nodeid = f"{self.nodeid}::{name}"
-        path = str(self.location[0])
-        location = (path, 0, f"{self.location[2]}::{name}")
-        keywords = {k: 1 for k in (name, self.program, "kvm_selftest")}
-        now = time.time()
-        longrepr: Any = None
-        outcome = verdict.outcome
-        if outcome == "skipped":
-            longrepr = (str(self.path), 1, f"Skipped: {verdict.message}")
-        elif outcome == "failed":
-            longrepr = _SelftestRepr(_failure_text(verdict.message, sub.log), path, _headline(verdict.message))
-        report = pytest.TestReport(nodeid, location, keywords, "skipped" if outcome == "xfailed" else outcome,
-                            longrepr, "call", sections=[], duration=0.0, start=now, stop=now)
-        if outcome == "xfailed":
-            report.wasxfail = verdict.message
-        self.ihook.pytest_runtest_logreport(report=report)
-        self._uncount_progress(report)
-        props = [(PROP_PROGRAM, self.program), (PROP_SUBTEST, name), (PROP_OUTCOME, sub.outcome.value),
-                 (PROP_REASON, _clip(sub.reason, REASON_LIMIT))]
-        teardown = pytest.TestReport(nodeid, location, keywords, "passed", None, "teardown", sections=[],
-                              duration=0.0, user_properties=props, start=now, stop=now)
-        self.ihook.pytest_runtest_logreport(report=teardown)
-
-    def _uncount_progress(self, report: pytest.TestReport) -> None:
-        """Keep pytest's ``[NN%]`` column at items run / items collected: a subtest is not a collected item."""
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        reported = getattr(reporter, "_progress_nodeids_reported", None)
-        if isinstance(reported, set):
-            reported.discard(getattr(report, "id", report.nodeid))  # pytest 9 keys it by a structured id
-            reported.discard(report.nodeid)
+    def _subtest_spec(self, name: str, sub: TestResult, verdict: Verdict) -> dict[str, Any]:
+        """A subtest's report as plain data (it crosses the xdist wire as it is)."""
+        return {
+            "nodeid": f"{self.nodeid}::{name}",
+            "location": [str(self.location[0]), 0, f"{self.location[2]}::{name}"],
+            "fspath": str(self.path),
+            "keywords": [name, self.program, "kvm_selftest"],
+            "outcome": verdict.outcome,
+            "message": verdict.message,
+            "failure": _failure_text(verdict.message, sub.log) if verdict.outcome == "failed" else "",
+            "properties": [[PROP_PROGRAM, self.program], [PROP_SUBTEST, name], [PROP_OUTCOME, sub.outcome.value],
+                           [PROP_REASON, _clip(sub.reason, REASON_LIMIT)]],
+        }
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, SelftestFailed):
@@ -422,6 +409,59 @@ class SelftestItem(pytest.Item):
             text = f"{self.program}: {excinfo.value}"
             return _SelftestRepr(text, str(self.location[0]), text)
         return super().repr_failure(excinfo)
+
+
+def emit_subtest(config: pytest.Config, spec: dict[str, Any]) -> None:
+    """Report one subtest (call and teardown reports) as if it were an item of its own."""
+    nodeid, location = spec["nodeid"], tuple(spec["location"])
+    keywords = {k: 1 for k in spec["keywords"]}
+    now = time.time()
+    longrepr: Any = None
+    outcome = spec["outcome"]
+    if outcome == "skipped":
+        longrepr = (spec["fspath"], 1, f"Skipped: {spec['message']}")
+    elif outcome == "failed":
+        longrepr = _SelftestRepr(spec["failure"], location[0], _headline(spec["message"]))
+    report = pytest.TestReport(nodeid, location, keywords, "skipped" if outcome == "xfailed" else outcome,
+                               longrepr, "call", sections=[], duration=0.0, start=now, stop=now)
+    if outcome == "xfailed":
+        report.wasxfail = spec["message"]
+    config.hook.pytest_runtest_logreport(report=report)
+    _uncount_progress(config, report)
+    props = [tuple(p) for p in spec["properties"]]
+    teardown = pytest.TestReport(nodeid, location, keywords, "passed", None, "teardown", sections=[],
+                                 duration=0.0, user_properties=props, start=now, stop=now)
+    config.hook.pytest_runtest_logreport(report=teardown)
+
+
+def _uncount_progress(config: pytest.Config, report: pytest.TestReport) -> None:
+    """Keep pytest's ``[NN%]`` column at items run / items collected: a subtest is not a collected item."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reported = getattr(reporter, "_progress_nodeids_reported", None)
+    if isinstance(reported, set):
+        reported.discard(getattr(report, "id", report.nodeid))  # pytest 9 keys it by a structured id
+        reported.discard(report.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """In an xdist worker, a program's call report carries its subtests to the controller."""
+    outcome = yield
+    if call.when == "call" and isinstance(item, SelftestItem) and item.xdist_subtests:
+        outcome.get_result().kvm_subtests = item.xdist_subtests
+        item.xdist_subtests = []
+
+
+class _SubtestRelay:
+    """In the xdist controller: report the subtests a worker's program report carries, as a serial run does."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        placement = [[name, value] for name, value in report.user_properties if name in ("worker", "target")]
+        for spec in getattr(report, "kvm_subtests", None) or ():
+            emit_subtest(self.config, {**spec, "properties": spec["properties"] + placement})
 
 
 def _record_facts_once(config: pytest.Config, target: Any) -> None:

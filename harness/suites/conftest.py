@@ -3,7 +3,7 @@ and the run's one-line summary in the JUnit file."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -12,6 +12,7 @@ from harness.kvm.caps import Capabilities
 from harness.kvm.probe import probe, pv_skip_reason
 from harness.kvm.runner import ScenarioResult, is_model, run_scenario
 from harness.kvm.scenarios import Scenario
+from harness.results.junit_hook import suite_property
 from harness.results.summary import CAPS_KEY, record_headline
 from harness.targets.base import Target
 
@@ -34,8 +35,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def _model_suite_property(record_testsuite_property: Any) -> None:
-    record_testsuite_property("result_source", "model")
+def _model_suite_property(request: pytest.FixtureRequest) -> None:
+    suite_property(request.config, "result_source", "model")
 
 
 @pytest.fixture(autouse=True)

@@ -98,3 +98,41 @@ def test_a_run_where_everything_skips_says_so_in_one_line(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(["0 of 3 ran: no /dev/kvm on this target (QEMU TCG has no SIE); run on an IBM "
                                  "z15+ LPAR with prot_virt=1 (--target ssh://…) or use --target local for the "
                                  "generic scenarios on this machine"])
+
+
+XDIST = ("-n", "2", "-p", "no:cacheprovider")
+
+
+def test_two_xdist_workers_give_the_model_summary_and_suite_properties(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--pyargs", "harness.suites", "--kvm-target", "model",
+                                           "--junitxml=junit.xml", "-o", "junit_family=xunit1", *XDIST)
+    result.assert_outcomes(passed=17, skipped=1)
+    result.stdout.fnmatch_lines(["*kvm-harness summary*", "17 model results agree with the spec; no kernel ran*",
+                                 "model results: passed: 17*"])
+    suite = ET.parse(pytester.path / "junit.xml").getroot().find("testsuite")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties").iter("property")}
+    assert props["summary"].startswith("17 model results agree with the spec; no kernel ran")
+    assert props["result_source"] == "model" and props["kernel_release"] == "model", props
+
+
+def test_two_xdist_workers_still_say_why_nothing_ran(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(FAKE_NO_KVM_CONFTEST)
+    pytester.makepyfile(test_skips='''
+        import pytest
+        @pytest.mark.parametrize("n", range(4))
+        def test_pv(kvm_target, n):
+            pytest.skip("no /dev/kvm on this target (QEMU TCG has no SIE: the CPU lacks the 'sie' feature)")
+    ''')
+    result = pytester.runpytest_subprocess("--junitxml=junit.xml", *XDIST)
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines(["0 of 4 ran: no /dev/kvm on this target (QEMU TCG has no SIE); run on an IBM*"])
+    suite = ET.parse(pytester.path / "junit.xml").getroot().find("testsuite")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties").iter("property")}
+    assert props["summary"].startswith("0 of 4 ran: no /dev/kvm"), props
+
+
+def test_a_plain_xdist_run_prints_no_harness_summary(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    result = pytester.runpytest_subprocess(*XDIST)
+    result.assert_outcomes(passed=2)
+    assert "kvm-harness summary" not in result.stdout.str()
