@@ -229,13 +229,17 @@ def add_ci_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
 
 
 def emit_main(args: argparse.Namespace) -> int:
-    text = emit(args.engine, args.targets, args.nightly_tree)
-    if args.output is None:
+    write_or_print(emit(args.engine, args.targets, args.nightly_tree), args.output)
+    return EXIT_OK
+
+
+def write_or_print(text: str, output: Optional[Path]) -> None:
+    """Write a generated pipeline to ``output`` (creating its directory), or to standard output."""
+    if output is None:
         print(text, end="")
     else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    return EXIT_OK
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
 
 
 def merge_main(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import EXIT_OK, InfrastructureError, UsageError
 from ..results.junit_read import ERROR, FAIL, PASS, SKIP, XFAIL, read_junit
-from .ci_emit import HOSTED, JobTarget, emit_main, read_targets
+from .ci_emit import HOSTED, JobTarget, emit_main, read_targets, write_or_print
 
 LAVA_REPO_PLACEHOLDER = "https://git.example.org/kvm-harness.git"
 """Where the LAVA device clones the harness from: a placeholder, set the real URL with ``--lava-repo``."""
@@ -320,12 +320,7 @@ def emit_with_lava_main(args: argparse.Namespace) -> int:
         written = write_lava_dir(args.out_dir, args.targets, args.nightly_tree, **options)
         print(f"kvmh ci emit lava: {len(written)} job files in {args.out_dir}")
         return EXIT_OK
-    text = emit_lava(args.targets, args.nightly_tree, **options)
-    if args.output is None:
-        print(text, end="")
-    else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
+    write_or_print(emit_lava(args.targets, args.nightly_tree, **options), args.output)
     return EXIT_OK
 
 

@@ -14,18 +14,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
+
+from harness.results.junit_read import read_junit
 
 
 def outcomes(junit: Path) -> dict[str, str]:
     """{classname::name: outcome} of every test case in a JUnit file."""
-    out = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
-        out[f"{case.get('classname')}::{case.get('name')}"] = kinds[0] if kinds else "passed"
-    return out
+    return {case_id: case.outcome for case_id, case in read_junit(junit).cases.items()}
 
 
 def run(target: str, jobs: int, work: Path, extra: list[str]) -> tuple[float, int, dict[str, str]]:

@@ -66,13 +66,14 @@ def test_targets_file_runner_labels(tmp_path):
     assert targets[0].runner == ("ubuntu-latest",) and targets[2].runner == ("self-hosted", "s390x", "lpar-pool")
 
 
-def test_bad_targets_file_is_a_one_line_usage_error(tmp_path, capsys):
+@pytest.mark.parametrize("engine", ["github", "gitlab", "lava"])
+def test_bad_targets_file_is_a_one_line_usage_error(engine, tmp_path, capsys):
     bad = tmp_path / "targets.txt"
     bad.write_text("qemu:s390x\nqemu:sparc\n")
-    assert main(["ci", "emit", "github", "--targets", str(bad)]) == 3
+    assert main(["ci", "emit", engine, "--targets", str(bad)]) == 3
     err = capsys.readouterr().err
     assert f"{bad}:2:" in err and err.count("\n") == 1
-    assert main(["ci", "emit", "gitlab", "--targets", str(tmp_path / "missing")]) == 3
+    assert main(["ci", "emit", engine, "--targets", str(tmp_path / "missing")]) == 3
 
 
 def test_merge_names_the_target_of_each_case(tmp_path):

@@ -85,14 +85,19 @@ def kvm_target(request):
 '''
 
 
-def test_a_run_where_everything_skips_says_so_in_one_line(pytester: pytest.Pytester) -> None:
+def _tests_that_all_skip(pytester: pytest.Pytester, count: int) -> None:
+    """A conftest with a target lacking /dev/kvm, and ``count`` tests that skip for that reason."""
     pytester.makeconftest(FAKE_NO_KVM_CONFTEST)
-    pytester.makepyfile(test_skips='''
+    pytester.makepyfile(test_skips=f'''
         import pytest
-        @pytest.mark.parametrize("n", range(3))
+        @pytest.mark.parametrize("n", range({count}))
         def test_pv(kvm_target, n):
             pytest.skip("no /dev/kvm on this target (QEMU TCG has no SIE: the CPU lacks the 'sie' feature)")
     ''')
+
+
+def test_a_run_where_everything_skips_says_so_in_one_line(pytester: pytest.Pytester) -> None:
+    _tests_that_all_skip(pytester, 3)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(skipped=3)
     result.stdout.fnmatch_lines(["0 of 3 ran: no /dev/kvm on this target (QEMU TCG has no SIE); run on an IBM "
@@ -116,13 +121,7 @@ def test_two_xdist_workers_give_the_model_summary_and_suite_properties(pytester:
 
 
 def test_two_xdist_workers_still_say_why_nothing_ran(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(FAKE_NO_KVM_CONFTEST)
-    pytester.makepyfile(test_skips='''
-        import pytest
-        @pytest.mark.parametrize("n", range(4))
-        def test_pv(kvm_target, n):
-            pytest.skip("no /dev/kvm on this target (QEMU TCG has no SIE: the CPU lacks the 'sie' feature)")
-    ''')
+    _tests_that_all_skip(pytester, 4)
     result = pytester.runpytest_subprocess("--junitxml=junit.xml", *XDIST)
     result.assert_outcomes(skipped=4)
     result.stdout.fnmatch_lines(["0 of 4 ran: no /dev/kvm on this target (QEMU TCG has no SIE); run on an IBM*"])
