@@ -312,8 +312,13 @@ class _EchoToTerminal:
 def _write_timeline(terminalreporter: Any, config: pytest.Config) -> None:
     """The stages this run went through (source, build, image, boot, tests) with their wall times."""
     entries = stages.records(getattr(config, "_kvm_stage_mark", 0))
+    from_workers = workers.seen(config)
+    if from_workers is not None:  # an xdist controller: each worker's stages, named by worker
+        entries += [stages.StageRecord(f"{worker}: {r.name}", r.seconds, r.outcome, r.detail)
+                    for worker, records in sorted(from_workers.stages.items()) for r in records]
     holder = find_holder(config)
-    ran_a_target = holder is not None and (holder.target is not None or holder.error is not None)
+    ran_a_target = from_workers is not None or (
+        holder is not None and (holder.target is not None or holder.error is not None))
     if not entries or not (ran_a_target or config.getoption("--kvm-artifacts") is not None):
         return
     started = getattr(config, "_kvm_session_started", None)

@@ -2,8 +2,9 @@
 
 The controller writes the JUnit file and prints the summary, but only workers start targets. At its end a
 worker puts into its ``workeroutput``: the testsuite properties (target facts, model label, stages), the
-probed capabilities the "0 of N ran" headline needs, an infrastructure failure, and kernel splats printed
-outside any test. The controller merges them as the workers go down, before its own session finishes.
+probed capabilities the "0 of N ran" headline needs, an infrastructure failure, kernel splats printed
+outside any test, and its stage timeline. The controller merges them as the workers go down, before its own
+session finishes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any, Optional
 import pytest
 
 from ..session import find_holder
+from ..stages import StageRecord
+from .. import stages
 from .junit_hook import WORKER_PROPERTIES, junit_writer
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ class WorkersSeen:
     errors: list[str] = dataclasses.field(default_factory=list)
     session_splats: list[Any] = dataclasses.field(default_factory=list)
     caps: Optional[Any] = None
+    stages: dict[str, list[StageRecord]] = dataclasses.field(default_factory=dict)  # by worker id
 
 
 WORKERS_KEY = pytest.StashKey[WorkersSeen]()
@@ -51,6 +55,7 @@ def export(config: pytest.Config, caps: Optional[Any]) -> None:
     error = holder.error
     splats = getattr(config, "_kvm_session_splats", [])
     config.workeroutput[OUTPUT_KEY] = {  # type: ignore[attr-defined]
+        "stages": [dataclasses.astuple(r) for r in stages.records(getattr(config, "_kvm_stage_mark", 0))],
         "caps": {name: getattr(caps, name, None) for name in CAPS_FIELDS} if caps is not None else None,
         "error": str(error) if error is not None else None,
         "session_splats": [[s.kind, s.fingerprint] for s in splats],
@@ -84,6 +89,8 @@ class ControllerRelay:
         ours = ours or {}
         state = self.config.stash.setdefault(WORKERS_KEY, WorkersSeen())
         state.workers += 1
+        worker = str((getattr(node, "workerinput", None) or {}).get("workerid", f"gw{state.workers - 1}"))
+        state.stages[worker] = [StageRecord(*r) for r in ours.get("stages", [])]
         if ours.get("error"):
             state.errors.append(ours["error"])
         state.session_splats += [SimpleNamespace(kind=k, fingerprint=f) for k, f in ours.get("session_splats", [])]

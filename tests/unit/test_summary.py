@@ -113,7 +113,7 @@ def test_two_xdist_workers_give_the_model_summary_and_suite_properties(pytester:
                                            "--junitxml=junit.xml", "-o", "junit_family=xunit1", *XDIST)
     result.assert_outcomes(passed=17, skipped=1)
     result.stdout.fnmatch_lines(["*kvm-harness summary*", "17 model results agree with the spec; no kernel ran*",
-                                 "model results: passed: 17*"])
+                                 "model results: passed: 17*", "*kvmh timeline*", "kvmh: stage gw*: boot: model *"])
     suite = ET.parse(pytester.path / "junit.xml").getroot().find("testsuite")
     props = {p.get("name"): p.get("value") for p in suite.find("properties").iter("property")}
     assert props["summary"].startswith("17 model results agree with the spec; no kernel ran")
