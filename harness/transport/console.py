@@ -28,6 +28,7 @@ import select
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -107,10 +108,16 @@ class Console:
         self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in terminate()
         self.started_at = self.last_output_at = time.monotonic()
         try:
-            self._child = pexpect.spawn(
-                self.argv[0], self.argv[1:], env=self._env, echo=False, encoding=None,
-                preexec_fn=self._preexec_fn, dimensions=(50, 200),
-            )
+            with warnings.catch_warnings():
+                # Python 3.12+ warns on every fork in a process with threads (the progress heartbeat, an SSH
+                # transport). Between fork and exec the child runs only ``preexec_fn``, which must take no
+                # lock (QEMU's calls prctl and getppid), so the deadlock warned of cannot happen here.
+                warnings.filterwarnings("ignore", message=r".*use of forkpty\(\) may lead to deadlocks",
+                                        category=DeprecationWarning)
+                self._child = pexpect.spawn(
+                    self.argv[0], self.argv[1:], env=self._env, echo=False, encoding=None,
+                    preexec_fn=self._preexec_fn, dimensions=(50, 200),
+                )
         except (pexpect.ExceptionPexpect, OSError) as err:
             self._log_file.close()
             raise InfrastructureError(f"cannot start {self.argv[0]}: {err}") from err
