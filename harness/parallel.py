@@ -45,6 +45,12 @@ def worker_id(config: pytest.Config) -> Optional[str]:
     return workerinput.get("workerid") if workerinput else None
 
 
+def worker_count(config: pytest.Config) -> int:
+    """In an xdist worker, how many workers the run has (each with its own target); 1 anywhere else."""
+    workerinput = getattr(config, "workerinput", None)
+    return max(1, int(workerinput.get("workercount", 1))) if workerinput else 1
+
+
 def targets_of(config: pytest.Config) -> list[str]:
     given = getattr(config.option, "kvm_targets", None)
     return list(dict.fromkeys(given)) if given else [config.option.kvm_target]

@@ -11,6 +11,7 @@ from typing import Optional
 import pytest
 
 from .errors import HarnessError
+from .parallel import worker_count
 from .results.window import KernelLogWindow, can_read_kernel_log
 from .stages import stage
 from .targets.base import Target
@@ -31,14 +32,8 @@ def target_options(config: pytest.Config) -> TargetOptions:
         ssh_key=config.getoption("--kvm-ssh-key"),
         known_hosts=config.getoption("--kvm-known-hosts"),
         accept_new_host_key=config.getoption("--kvm-accept-new-host-key"),
-        guests_sharing_host=_xdist_workers(config),
+        guests_sharing_host=worker_count(config),
     )
-
-
-def _xdist_workers(config: pytest.Config) -> int:
-    """How many pytest-xdist workers (each with its own guest) this run has; 1 without xdist."""
-    workerinput = getattr(config, "workerinput", None)
-    return max(1, int(workerinput.get("workercount", 1))) if workerinput else 1
 
 
 class SessionTarget:

@@ -172,11 +172,7 @@ class BenchReport:
             axis.legend(fontsize=8)
         where = self.machine.get("summary", "")
         fig.suptitle(f"{self.title}\n{where} — median, bars: min–max", fontsize=9)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return _save(plt, fig, path)
 
     def _plot_bars(self, plt: Any, path: Path) -> Optional[Path]:
         """Horizontal bars (median, min–max whiskers) for reports keyed by a label rather than a size."""
@@ -197,11 +193,7 @@ class BenchReport:
             axis.text((value + above) * 1.08, y, _num(value), va="center", fontsize=8)
         axis.grid(True, axis="x", alpha=0.3)
         fig.suptitle(f"{self.title}\n{self.machine.get('summary', '')} — median, whiskers: min–max", fontsize=9)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return _save(plt, fig, path)
 
     def _series(self) -> List[Tuple[Metric, Any, List[Tuple[float, Summary]]]]:
         groups = list(dict.fromkeys(g for g, _, _ in self.cells()))
@@ -282,3 +274,12 @@ class Progress:
         self.done += 1
         elapsed = time.monotonic() - self.started
         print(f"[{self.done}/{self.total}] {what} ({elapsed:.0f} s elapsed)", file=self.stream, flush=True)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG and free it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

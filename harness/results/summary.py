@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from . import workers
+from ..parallel import targets_of
 from .junit_hook import junit_writer
 from ..session import find_holder
 
@@ -94,9 +95,8 @@ def headline(config: pytest.Config, stats: Dict[str, List[Any]]) -> Optional[str
 def _caps(config: pytest.Config) -> Any:
     """The probed capabilities: this process's, or (in an xdist controller) those its workers reported."""
     caps = config.stash.get(CAPS_KEY, None)
-    if caps is None and workers.seen(config) is not None:
-        caps = workers.seen(config).caps
-    return caps
+    from_workers = workers.seen(config)
+    return from_workers.caps if caps is None and from_workers is not None else caps
 
 
 def is_model_run(config: pytest.Config) -> bool:
@@ -105,10 +105,9 @@ def is_model_run(config: pytest.Config) -> bool:
     if target is not None:
         return getattr(target, "kind", "") == "model"
     try:
-        targets = getattr(config.option, "kvm_targets", None) or [config.getoption("--kvm-target")]
-    except ValueError:
+        return all(t == "model" for t in targets_of(config))
+    except AttributeError:  # the harness's options are not registered
         return False
-    return all(t == "model" for t in targets)
 
 
 def record_headline(session: pytest.Session) -> None:
@@ -139,8 +138,8 @@ def write_summary(terminalreporter: Any, config: pytest.Config) -> None:
         tr.write_line("model results: " + "  ".join(f"{name}: {counts[name]}" for name in OUTCOMES))
     else:
         tr.write_line("  ".join(f"{name}: {counts[name]}" for name in OUTCOMES))
-    targets = getattr(config.option, "kvm_targets", None) or [config.getoption("--kvm-target")]
-    tr.write_line(("targets: " if len(set(targets)) > 1 else "target: ") + ", ".join(dict.fromkeys(targets)))
+    targets = targets_of(config)
+    tr.write_line(("targets: " if len(targets) > 1 else "target: ") + ", ".join(targets))
     errors = [str(holder.error)] if holder.error is not None else []
     for error in errors + (from_workers.errors if from_workers else []):
         tr.write_line(f"infrastructure failure: {error}", red=True)

@@ -10,18 +10,16 @@ session finishes.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
 
+from ..parallel import worker_id
 from ..session import find_holder
 from ..stages import StageRecord
 from .. import stages
 from .junit_hook import WORKER_PROPERTIES, junit_writer
-
-log = logging.getLogger(__name__)
 
 OUTPUT_KEY = "kvm_harness"
 CAPS_FIELDS = ("arch", "kernel_release", "has_kvm", "has_sie", "source")
@@ -31,7 +29,6 @@ CAPS_FIELDS = ("arch", "kernel_release", "has_kvm", "has_sie", "source")
 class WorkersSeen:
     """What the controller learnt from its workers."""
 
-    workers: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
     session_splats: list[Any] = dataclasses.field(default_factory=list)
     caps: Optional[Any] = None
@@ -42,7 +39,8 @@ WORKERS_KEY = pytest.StashKey[WorkersSeen]()
 
 
 def in_worker(config: pytest.Config) -> bool:
-    return isinstance(getattr(config, "workeroutput", None), dict)
+    """True in a pytest-xdist worker process."""
+    return worker_id(config) is not None
 
 
 def export(config: pytest.Config, caps: Optional[Any]) -> None:
@@ -88,8 +86,7 @@ class ControllerRelay:
             return
         ours = ours or {}
         state = self.config.stash.setdefault(WORKERS_KEY, WorkersSeen())
-        state.workers += 1
-        worker = str((getattr(node, "workerinput", None) or {}).get("workerid", f"gw{state.workers - 1}"))
+        worker = str((getattr(node, "workerinput", None) or {}).get("workerid", f"gw{len(state.stages)}"))
         state.stages[worker] = [StageRecord(*r) for r in ours.get("stages", [])]
         if ours.get("error"):
             state.errors.append(ours["error"])
@@ -98,5 +95,4 @@ class ControllerRelay:
         if caps is not None and (state.caps is None or (state.caps.has_kvm and not caps.get("has_kvm"))):
             state.caps = SimpleNamespace(**caps)  # the headline explains the target that could not run
         if error:
-            state.errors.append(f"xdist worker {getattr(node, 'gateway', None) and node.gateway.id} crashed: "
-                                f"{str(error)[:300]}")
+            state.errors.append(f"xdist worker {worker} crashed: {str(error)[:300]}")

@@ -28,6 +28,7 @@ from _pytest._code.code import ReprFileLocation, TerminalRepr
 
 from ..results.junit_hook import junit_writer
 from ..errors import HarnessError
+from ..parallel import worker_id
 from ..stages import stage
 from .build import SelftestBuild, build_selftests, harness_arch
 from .expectations import (
@@ -246,7 +247,7 @@ class SelftestSetupError(pytest.Item):
 
 def _under_xdist(config: pytest.Config) -> bool:
     """True in a pytest-xdist worker process."""
-    return hasattr(config, "workerinput")
+    return worker_id(config) is not None
 
 
 def listed_programs(tree: Path, arch: str) -> list[str]:
