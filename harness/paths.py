@@ -37,7 +37,9 @@ def staged_replacement(staging: Path, dest: Path) -> Iterator[Path]:
     """
     try:
         yield staging
-        if dest.exists():
+        if dest.is_symlink() or dest.is_file():  # a broken leftover, not a directory
+            dest.unlink()
+        elif dest.exists():
             shutil.rmtree(dest)
         staging.rename(dest)
     finally:

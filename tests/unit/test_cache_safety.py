@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -236,3 +237,8 @@ def test_a_staged_directory_replaces_its_destination_only_when_complete(tmp_path
         (staging / "new").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]
     assert [p.name for p in dest.iterdir()] == ["new"]
+    shutil.rmtree(dest)
+    dest.write_text("a broken leftover")  # not a directory: replaced all the same
+    with staged_replacement(tmp_path / ".tree.stage3", dest) as staging:
+        staging.mkdir()
+    assert dest.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["tree"]

